@@ -19,6 +19,7 @@ workload).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -128,21 +129,198 @@ def multi_feature_pairs(n_contexts: int, seed: int = 0):
     return pairs
 
 
-def engine(model, tokenizer, pairs, layers):
-    res = list(extract_pairs(model, tokenizer, pairs, ExtractConfig(layers=tuple(layers))))
+class PeakRSS:
+    """Peak resident memory while a block runs, above the level at its start (MB), sampled
+    from /proc every few milliseconds (Linux; None elsewhere). Freed heap memory is handed back
+    to the system first (glibc ``malloc_trim``), so that a block does not look small by reusing
+    what an earlier one freed."""
+
+    def __enter__(self):
+        import gc
+        import threading
+
+        gc.collect()
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self.peak = self.start = _rss_mb()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.005):
+                v = _rss_mb()
+                if v is not None and (self.peak is None or v > self.peak):
+                    self.peak = v
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def extra_mb(self) -> float | None:
+        return None if self.start is None else self.peak - self.start
+
+
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return None
+
+
+# Each speed-up of the engine switched off on its own: its share is the slowdown that causes.
+ABLATIONS = {
+    "engine": {},
+    "no prefix cache": {"prefix_cache": False},
+    "no prefix trie": {"layout": "paths"},
+    "one pair per row": {"share_rows": False},
+    "full-vocab head": {"head": "full"},
+}
+PRECISION_MODES = ("autocast-fp16", "autocast-bf16", "bfloat16")
+
+
+def engine(model, tokenizer, pairs, layers, autocast=None, **switches):
+    config = ExtractConfig(layers=tuple(layers), **switches)
+    res = list(extract_pairs(model, tokenizer, pairs, config, autocast=autocast))
     f_x = np.concatenate([r.f_x for r in res])
     f_mod = np.concatenate([r.f_mod for r in res])
     return f_x, f_mod, sum(r.tokens_unique for r in res)
 
 
+def _timed(fn, rounds, warmup=None):
+    if warmup is not None:
+        warmup()
+    times, out, mem = [], None, []
+    for _ in range(rounds):
+        with PeakRSS() as peak:
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        mem.append(peak.extra_mb)
+    return float(np.median(times)), out, (max(mem) if None not in mem else None)
+
+
+def memory_scaling(args) -> int:
+    """Peak memory of whole `introspect extract` runs as N grows (each run its own process).
+
+    The model is SmolLM2-135M's architecture and tokenizer cut to two decoder layers (random
+    weights: memory and token counts are those of the real model, the run is 15x shorter).
+    """
+    import json
+    import subprocess
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from introspect.data.io import write_pairs
+
+    lm = load_model(args.model)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cfg = lm.model.config
+        cfg.num_hidden_layers = 2
+        torch.manual_seed(0)
+        small = AutoModelForCausalLM.from_config(cfg)
+        small.save_pretrained(tmp / "model")
+        lm.tokenizer.save_pretrained(tmp / "model")
+        del lm, small
+        for n in args.memory_n:
+            pairs = tmp / f"pairs-{n}.jsonl"
+            write_pairs(pairs, generate("sycophancy", n, seed=0))
+            out = tmp / f"run-{n}"
+            cmd = [
+                sys.executable, "-m", "introspect", "extract", "--model", str(tmp / "model"),
+                "--pairs", str(pairs), "--out", str(out), "--layers", "all",
+            ]  # fmt: skip
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            err = proc.stderr.read().decode()
+            if os.waitstatus_to_exitcode(status) != 0:
+                print(err, file=sys.stderr)
+                raise SystemExit(f"introspect extract failed for N={n}")
+            manifest = json.loads((out / "manifest.json").read_text())
+            row = {
+                "pairs": n,
+                "peak_rss_mb": usage.ru_maxrss / 1024,
+                "seconds": wall,
+                "pairs_per_s": n / wall,
+                "rows_written": manifest["rows_total"],
+                "shards": len(manifest["shards"]),
+            }
+            rows.append(row)
+            print(
+                f"N={n:>6}: peak RSS {row['peak_rss_mb']:.0f} MB, {wall:.0f} s "
+                f"({row['pairs_per_s']:.0f} pairs/s), {row['shards']} shards",
+                flush=True,
+            )
+    base = rows[0]["peak_rss_mb"]
+    for row in rows:
+        row["peak_vs_smallest"] = row["peak_rss_mb"] / base
+    meta = {
+        **harness.machine_stamp(),
+        "model": f"{args.model} architecture, 2 layers, random weights",
+        "command": "python benchmarks/bench_extract.py --memory "
+        + " ".join(str(n) for n in args.memory_n),
+    }
+    path, _ = harness.write_rows("extract_memory", rows, meta)
+    print(
+        harness.table(
+            rows,
+            [
+                ("pairs", "pairs", "d"),
+                ("peak_rss_mb", "peak RSS (MB)", ".0f"),
+                ("peak_vs_smallest", "vs smallest", ".3f"),
+                ("pairs_per_s", "pairs/s", ".0f"),
+            ],
+        )
+    )
+    print(f"\nrows: {path}")
+    return 0
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Results go to benchmarks/results/extract.{json,csv} (extract_memory.* for "
+        "--memory).",
+    )
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tasks", nargs="+", default=["sycophancy"])
     ap.add_argument("--n", type=int, default=256, help="pairs per task")
     ap.add_argument("--batch-pairs", type=int, default=16, help="naive baseline batch size")
     ap.add_argument("--rounds", type=int, default=1, help="timed rounds (median)")
+    ap.add_argument(
+        "--ablations",
+        nargs="*",
+        metavar="TASK",
+        default=None,
+        help="for these tasks (all given tasks if none named), also time the engine with each "
+        "speed-up switched off and in each reduced precision",
+    )
+    ap.add_argument(
+        "--memory",
+        nargs="+",
+        type=int,
+        metavar="N",
+        dest="memory_n",
+        help="instead: peak memory of `introspect extract` runs of N pairs each",
+    )
+    ap.add_argument("--name", default="extract", help="results file name")
     args = ap.parse_args(argv)
+    if args.memory_n:
+        return memory_scaling(args)
+    ablate = set(args.tasks if args.ablations == [] else (args.ablations or []))
 
     stamp = harness.machine_stamp()
     peak = harness.gemm_flops(torch.float32)
@@ -162,58 +340,98 @@ def main(argv=None) -> int:
             pairs = multi_feature_pairs(max(1, args.n // 6))
         else:
             pairs = generate(task, args.n, seed=0)
-        t_naive, t_engine = [], []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            nx, nm, naive_tokens = naive(model, tok, pairs, layers, args.batch_pairs)
-            t_naive.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            ex, em, unique_tokens = engine(model, tok, pairs, layers)
-            t_engine.append(time.perf_counter() - t0)
-        tn, te = float(np.median(t_naive)), float(np.median(t_engine))
-        err = float(np.abs((em - ex) - (nm - nx)).max())
-        gflops = 2 * n_params * unique_tokens / te / 1e9
-        row = {
-            "task": task,
-            "pairs": len(pairs),
-            "model": args.model,
-            "naive_pairs_per_s": len(pairs) / tn,
-            "engine_pairs_per_s": len(pairs) / te,
-            "speedup": tn / te,
-            "naive_tokens": naive_tokens,
-            "unique_tokens": unique_tokens,
-            "engine_tokens_per_s": unique_tokens / te,
-            "engine_GFLOPs": gflops,
-            "fraction_of_gemm_peak": gflops / peak,
-            "max_abs_delta_diff": err,
-        }
-        rows.append(row)
-        print(
-            f"{task:<11} naive {row['naive_pairs_per_s']:6.2f} pairs/s  engine "
-            f"{row['engine_pairs_per_s']:6.2f} pairs/s  x{row['speedup']:.2f}  "
-            f"tokens {unique_tokens}/{naive_tokens}  {gflops:.0f} GFLOP/s "
-            f"({row['fraction_of_gemm_peak']:.2f} of GEMM)  max|dDelta| {err:.1e}",
-            flush=True,
+        tn, (nx, nm, naive_tokens), naive_mem = _timed(
+            lambda pairs=pairs: naive(model, tok, pairs, layers, args.batch_pairs),
+            args.rounds,
+            warmup=lambda pairs=pairs: naive(model, tok, pairs[:8], layers, args.batch_pairs),
         )
+        d_naive = nm - nx
+        variants = [("engine", "float32", {})]
+        if task in ablate:
+            variants += [(name, "float32", sw) for name, sw in ABLATIONS.items() if sw]
+            variants += [("engine", mode, {}) for mode in PRECISION_MODES]
+        d_exact, t_exact = None, None
+        for name, mode, switches in variants:
+            from introspect.extract import precision
+
+            run_model = model
+            if mode == "bfloat16":
+                import copy
+
+                run_model = copy.deepcopy(model).to(torch.bfloat16)
+            autocast = precision.autocast_dtype(mode)
+            te, (ex, em, unique_tokens), mem = _timed(
+                lambda m=run_model, a=autocast, sw=switches, pairs=pairs: engine(
+                    m, tok, pairs, layers, a, **sw
+                ),
+                args.rounds,
+                warmup=lambda m=run_model, a=autocast, sw=switches, pairs=pairs: engine(
+                    m, tok, pairs[:8], layers, a, **sw
+                ),
+            )
+            del run_model
+            d = em - ex
+            if name == "engine" and mode == "float32":
+                d_exact, t_exact = d, te
+            gflops = 2 * n_params * unique_tokens / te / 1e9
+            fid = precision.compare(d_exact, d) if mode != "float32" else None
+            row = {
+                "task": task,
+                "variant": name,
+                "dtype": mode,
+                "pairs": len(pairs),
+                "model": args.model,
+                "naive_pairs_per_s": len(pairs) / tn,
+                "engine_pairs_per_s": len(pairs) / te,
+                "speedup": tn / te,
+                "slowdown_vs_engine": te / t_exact,
+                "naive_tokens": naive_tokens,
+                "unique_tokens": unique_tokens,
+                "engine_tokens_per_s": unique_tokens / te,
+                "engine_GFLOPs": gflops,
+                "fraction_of_gemm_peak": gflops / peak,
+                "max_abs_delta_diff": float(np.abs(d - d_naive).max()),
+                "pearson_vs_fp32": fid["pearson"] if fid else 1.0,
+                "max_abs_err_vs_fp32": fid["max_abs_error"] if fid else 0.0,
+                "naive_peak_mb": naive_mem,
+                "engine_peak_mb": mem,
+            }
+            rows.append(row)
+            print(
+                f"{task:<13} {name:<17} {mode:<13} naive {row['naive_pairs_per_s']:6.2f} "
+                f"pairs/s  engine {row['engine_pairs_per_s']:6.2f} pairs/s  "
+                f"x{row['speedup']:.2f}  tokens {unique_tokens}/{naive_tokens}  "
+                f"{gflops:.0f} GFLOP/s ({row['fraction_of_gemm_peak']:.2f} of GEMM)  "
+                f"max|dDelta| {row['max_abs_delta_diff']:.1e}  r={row['pearson_vs_fp32']:.4f}  "
+                f"peak {mem if mem is None else round(mem)} MB (naive "
+                f"{naive_mem if naive_mem is None else round(naive_mem)} MB)",
+                flush=True,
+            )
     meta = {
         **stamp,
         "gemm_fp32_GFLOPs": peak,
         "command": "python benchmarks/bench_extract.py " + " ".join(argv or sys.argv[1:]),
     }
-    path, _ = harness.write_rows("extract", rows, meta)
+    path, _ = harness.write_rows(args.name, rows, meta)
     print()
     print(
         harness.table(
             rows,
             [
                 ("task", "task", "s"),
+                ("variant", "variant", "s"),
+                ("dtype", "dtype", "s"),
                 ("pairs", "pairs", "d"),
                 ("naive_pairs_per_s", "naive pairs/s", ".2f"),
                 ("engine_pairs_per_s", "engine pairs/s", ".2f"),
                 ("speedup", "speed-up", ".2f"),
+                ("slowdown_vs_engine", "time vs engine", ".2f"),
                 ("engine_tokens_per_s", "tokens/s", ".0f"),
                 ("fraction_of_gemm_peak", "of GEMM", ".2f"),
-                ("max_abs_delta_diff", "max abs ΔΔ", ".1e"),
+                ("max_abs_delta_diff", "max abs ΔΔ vs naive", ".1e"),
+                ("pearson_vs_fp32", "r vs fp32", ".4f"),
+                ("engine_peak_mb", "peak MB", ".0f"),
+                ("naive_peak_mb", "naive peak MB", ".0f"),
             ],
         )
     )

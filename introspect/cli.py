@@ -7,6 +7,9 @@ import json
 import sys
 import time
 
+# Kept here so that building the parser imports no torch.
+PRECISIONS = ("float32", "autocast-fp16", "autocast-bf16", "bfloat16")
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
@@ -44,25 +47,37 @@ def _error(message: str) -> None:
 
 
 def _progress(total: int, desc: str):
-    """A progress callback: a bar on a terminal, a few plain lines otherwise."""
+    """A progress callback ``update(pairs, tokens=0)``: a bar on a terminal (pairs/s, tokens/s,
+    ETA), a plain line every tenth of the way otherwise."""
+    state = {"done": 0, "tokens": 0, "next": 0.0, "t0": time.perf_counter()}
     if sys.stderr.isatty():
         try:
             from tqdm import tqdm
 
             bar = tqdm(total=total, desc=desc, unit="pair", dynamic_ncols=True)
-            return bar.update, bar.close
+
+            def update_bar(k: int, tokens: int = 0) -> None:
+                state["tokens"] += tokens
+                if state["tokens"]:
+                    dt = max(1e-9, time.perf_counter() - state["t0"])
+                    bar.set_postfix_str(f"{state['tokens'] / dt:,.0f} tok/s", refresh=False)
+                bar.update(k)
+
+            return update_bar, bar.close
         except ImportError:
             pass
-    state = {"done": 0, "next": 0.0, "t0": time.perf_counter()}
 
-    def update(k: int) -> None:
+    def update(k: int, tokens: int = 0) -> None:
         state["done"] += k
+        state["tokens"] += tokens
         frac = state["done"] / max(1, total)
         if frac >= state["next"] or state["done"] == total:
-            rate = state["done"] / max(1e-9, time.perf_counter() - state["t0"])
+            dt = max(1e-9, time.perf_counter() - state["t0"])
+            rate = state["done"] / dt
             eta = (total - state["done"]) / max(rate, 1e-9)
+            toks = f", {state['tokens'] / dt:,.0f} tokens/s" if state["tokens"] else ""
             print(
-                f"{desc}: {state['done']}/{total} ({rate:.1f} pairs/s, ETA {eta:.0f} s)",
+                f"{desc}: {state['done']}/{total} ({rate:.1f} pairs/s{toks}, ETA {eta:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -255,6 +270,7 @@ def _parse_layers(spec: str, n_layers: int) -> list[int]:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     import os
+    from dataclasses import replace
 
     from introspect.data import PairError, ReadReport, iter_pairs
     from introspect.extract import ExtractConfig, extract_pairs
@@ -272,27 +288,52 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if not os.path.exists(args.pairs):
         _error(f"pair file {args.pairs} does not exist")
         return EXIT_BAD_INPUT
-    lm = load_model(args.model, dtype=args.dtype)
+    from introspect.extract import precision
+    from introspect.extract.engine import PREFIX_WINDOW, check_tree_layout, shared_prefix
+
+    lm = load_model(args.model, dtype="float32")
     try:
         layers = _parse_layers(args.layers, lm.n_layers)
+        positions = tuple(p.strip() for p in args.positions.split(",") if p.strip())
+        config = ExtractConfig(
+            layers=tuple(layers),
+            behaviour=args.behaviour,
+            positions=positions,
+            row_tokens=args.row_tokens,
+            batch_tokens=args.batch_tokens,
+            layout="tree" if args.layout == "auto" else args.layout,
+            prefix_cache=not args.no_prefix_cache,
+        )
     except ValueError as exc:
         _error(str(exc))
         return 2
-    config = ExtractConfig(
-        layers=tuple(layers),
-        behaviour=args.behaviour,
-        row_tokens=args.row_tokens,
-        batch_tokens=args.batch_tokens,
-    )
+    # The head of the file (the same for every rank and after a resume) decides the cached
+    # prefix, checks the packed layout and calibrates a reduced precision.
+    head_n = max(PREFIX_WINDOW, args.calibrate)
+    head = []
+    for pair in iter_pairs(args.pairs, on_error="skip", report=ReadReport()):
+        head.append(pair)
+        if len(head) >= head_n:
+            break
+    if args.layout == "auto" and head:
+        why = check_tree_layout(lm.model, lm.tokenizer, head[0])
+        if why is not None:
+            print(
+                f"warning: {lm.model_id}: {why}; running every sequence on its own "
+                "(--layout paths: still exact, slower)",
+                file=sys.stderr,
+            )
+            config = replace(config, layout="paths")
+    prefix = shared_prefix(lm.tokenizer, head[:PREFIX_WINDOW]) if config.prefix_cache else []
     try:
         writer = RunWriter(
             args.out,
             model_id=args.model,
             weights_hash=lm.weights_hash,
-            config={**config.to_json(), "dtype": args.dtype, "positions": ["last"]},
+            config={**config.to_json(), "dtype": args.dtype, "prefix_tokens": len(prefix)},
             input_hash=_file_sha256(args.pairs),
             layers=layers,
-            positions=["last"],
+            positions=list(positions),
             hidden_size=lm.hidden_size,
             shard_rows=args.shard_rows,
             rank=rank,
@@ -302,6 +343,32 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     except RunError as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
+    if args.dtype != precision.EXACT:
+        fid = writer.info.get("fidelity")
+        if fid is None and args.calibrate > 0 and head:
+            fid = precision.measure_fidelity(
+                lm.model, lm.tokenizer, head[: args.calibrate], config, args.dtype, prefix=prefix
+            )
+            writer.set_info("fidelity", fid)
+        if fid is None:
+            print(
+                f"warning: --dtype {args.dtype} is approximate and its fidelity was not measured "
+                "(--calibrate 0)",
+                file=sys.stderr,
+            )
+        elif rank == 0:
+            what = (
+                f"Δ correlates {fid['pearson']:.4f} with float32 (max |error| "
+                f"{fid['max_abs_error']:.3g}, Δ sd {fid['delta_sd']:.3g})"
+                if "pearson" in fid
+                else f"hidden states differ by {fid.get('hidden_max_rel_error', 0):.2e} relative"
+            )
+            print(
+                f"warning: --dtype {args.dtype} is approximate: on the first {fid['pairs']} "
+                f"pairs {what}; recorded in manifest.json (info.fidelity)",
+                file=sys.stderr,
+            )
+    autocast = precision.apply(lm.model, args.dtype)
     skip = writer.rows_done
     report = ReadReport()
 
@@ -325,6 +392,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             boundary_every=args.shard_rows,
             first_index=skip,
             progress=update,
+            prefix=prefix,
+            autocast=autocast,
         )
         for res in batches:
             writer.add(res.ids, res.f_x, res.f_mod, res.hidden)
@@ -336,8 +405,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             import numpy as np
 
             empty = {
-                (layer, "last", side): np.zeros((0, lm.hidden_size), np.float32)
+                (layer, pos, side): np.zeros((0, lm.hidden_size), np.float32)
                 for layer in layers
+                for pos in positions
                 for side in ("x", "mod")
             }
             writer.add([], np.zeros(0), np.zeros(0), empty, skipped=report.skipped)
@@ -484,12 +554,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated decoder layers (negative counts from the end), "
         "'all', 'none', or 'default' (the middle and the last layer)",
     )
-    ext.add_argument("--behaviour", default="logodds", choices=("logodds", "logprob", "prob"))
+    ext.add_argument(
+        "--positions",
+        default="last",
+        help="hidden-state positions, comma-separated: 'last' (the last prompt token) and "
+        "'span' (in x the mean over the removed tokens, in x' over the tokens replacing them, "
+        "or the first token after the deletion)",
+    )
+    ext.add_argument(
+        "--behaviour",
+        default="logodds",
+        choices=("logodds", "logprob", "prob", "none"),
+        help="f of the choices' log-probabilities; 'none' skips the head and stops the "
+        "forward after the last requested layer",
+    )
     ext.add_argument(
         "--dtype",
         default="float32",
-        choices=("float32",),
-        help="model precision (float32 is exact; reduced precision comes later)",
+        choices=PRECISIONS,  # = introspect.extract.precision.PRECISIONS (a test checks)
+        help="float32 is exact. autocast-fp16/autocast-bf16 keep float32 weights and residual "
+        "stream with reduced-precision matrix products; bfloat16 casts the whole model. A "
+        "reduced precision is approximate: its fidelity (Pearson and max error of Δ against "
+        "float32 on the first --calibrate pairs) is measured, printed and written to the "
+        "manifest",
+    )
+    ext.add_argument(
+        "--calibrate",
+        type=int,
+        default=32,
+        metavar="N",
+        help="pairs used to measure a reduced precision's fidelity (0: do not measure)",
+    )
+    ext.add_argument(
+        "--layout",
+        choices=("auto", "tree", "paths"),
+        default="auto",
+        help="tree: x and x' share their common prefix in one packed row (needs attention that "
+        "accepts a 4D mask); paths: every sequence on its own; auto: tree if a check on the "
+        "first pair confirms the model honours the mask, else paths",
+    )
+    ext.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="do not compute the prefix common to the pairs (system prompt, few-shot block) "
+        "once and reuse its keys and values",
     )
     ext.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     ext.add_argument(

@@ -456,6 +456,7 @@ class RunWriter:
         self._closed = False
         self._created = _now()
         self._completed_at: str | None = None
+        self._info: dict[str, Any] = {}
         self._reset_pending()
 
         if self.path.exists() and not self.path.is_dir():
@@ -553,6 +554,7 @@ class RunWriter:
                     + "\n  - ".join(problems)
                 )
             self._created = old.get("created_at", self._created)
+            self._info = dict(old.get("info") or {})
             for rec in old.get("skipped", []):
                 key = _skip_key(rec)
                 if key not in self._skipped_keys:
@@ -792,9 +794,22 @@ class RunWriter:
             self._reset_pending()
             self._closed = True
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """Measurements about the run that are not part of its identity (e.g. the fidelity of a
+        reduced precision), kept across ``resume``; see :meth:`set_info`."""
+        return dict(self._info)
+
+    def set_info(self, key: str, value: Any) -> None:
+        """Records ``value`` (JSON-serialisable) under ``info[key]`` of the manifest, now."""
+        self._info[str(key)] = _normalise_json(value, f"info[{key!r}]")
+        self._write_manifest()
+
     def _manifest(self) -> dict:
         m: dict[str, Any] = {"format_version": FORMAT_VERSION, "introspect": _version()}
         m.update(self._identity)
+        if self._info:
+            m["info"] = self._info
         if self.world_size > 1:
             m["rank"] = self.rank
         m["shards"] = self._shards
@@ -883,6 +898,11 @@ def _merge(path: Path, parts: Mapping[int, dict], *, require_complete: bool) -> 
                 skipped.append(rec)
     skipped.sort(key=lambda s: (s.get("line") is None, s.get("line") or 0, str(s.get("id"))))
     m["skipped"] = skipped
+    info: dict[str, Any] = {}
+    for r in sorted(parts, reverse=True):  # rank 0's values win
+        info.update(parts[r].get("info") or {})
+    if info:
+        m["info"] = info
     m["complete"] = complete
     if complete:
         m["rows_total"] = total
@@ -1028,6 +1048,7 @@ class Run:
             raise RunError(f"{manifest_file}: unsupported hidden_dtype {self.hidden_dtype!r}")
         self.complete: bool = bool(manifest.get("complete"))
         self.skipped: list[dict] = list(manifest.get("skipped", []))
+        self.info: dict = dict(manifest.get("info") or {})
 
         if verify:
             for entry in entries:

@@ -1,5 +1,5 @@
 """The extraction engine: f(x), f(x'), Δ and hidden states from packed paired forwards."""
 
-from introspect.extract.engine import ExtractConfig, extract_pairs
+from introspect.extract.engine import POSITIONS, ExtractConfig, extract_pairs, shared_prefix
 
-__all__ = ["ExtractConfig", "extract_pairs"]
+__all__ = ["POSITIONS", "ExtractConfig", "extract_pairs", "shared_prefix"]

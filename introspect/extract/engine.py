@@ -1,28 +1,66 @@
-"""Pairs in, f(x), f(x'), Δ and hidden states out, batch by batch (see packing and forward)."""
+"""Pairs in, f(x), f(x'), Δ and hidden states out, batch by batch (see packing and forward).
+
+Every speed-up is a switch of :class:`ExtractConfig`, so that each one's share can be measured
+and any one can be turned off: the prefix trie (``layout="tree"``; ``"paths"`` runs every
+sequence on its own), several pairs per row (``share_rows``), the shared-prefix KV cache
+(``prefix_cache``) and the LM head on read positions only (``head="reads"``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
-from introspect.behaviour import behaviour_value, encode
+from introspect.behaviour import BEHAVIOURS, behaviour_value, encode
 from introspect.data.pairs import Pair
-from introspect.extract.forward import forward_packed
-from introspect.extract.packing import build_item, pack
+from introspect.extract.forward import HEADS, PrefixCache, forward_packed, uses_sliding_window
+from introspect.extract.packing import LAYOUTS, build_item, pack
+
+log = logging.getLogger(__name__)
+
+POSITIONS = ("last", "span")
+PREFIX_WINDOW = 64  # pairs from the start of the stream that decide the shared prefix
+PREFIX_MIN_TOKENS = 4
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
     layers: tuple[int, ...] = ()
-    behaviour: str = "logodds"
+    behaviour: str = "logodds"  # or "none": hidden states only, the forward stops early
+    positions: tuple[str, ...] = ("last",)
     row_tokens: int = 512  # positions per packed row
     batch_tokens: int = 4096  # positions per forward (rows x width)
+    layout: str = "tree"
+    share_rows: bool = True
+    prefix_cache: bool = True
+    head: str = "reads"
+
+    def __post_init__(self):
+        if self.behaviour not in (*BEHAVIOURS, "none"):
+            raise ValueError(f"behaviour must be one of {(*BEHAVIOURS, 'none')}")
+        bad = [p for p in self.positions if p not in POSITIONS]
+        if bad or not self.positions:
+            raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {bad}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, not {self.head!r}")
+        if self.behaviour == "none" and not self.layers:
+            raise ValueError("behaviour 'none' with no layers leaves nothing to extract")
 
     def to_json(self) -> dict:
-        return {"layers": list(self.layers), "behaviour": self.behaviour,
-                "row_tokens": self.row_tokens, "batch_tokens": self.batch_tokens}  # fmt: skip
+        return {
+            "layers": list(self.layers), "behaviour": self.behaviour,
+            "positions": list(self.positions), "row_tokens": self.row_tokens,
+            "batch_tokens": self.batch_tokens, "layout": self.layout,
+            "share_rows": self.share_rows, "prefix_cache": self.prefix_cache, "head": self.head,
+        }  # fmt: skip
 
 
 @dataclass
@@ -31,8 +69,36 @@ class BatchResult:
     f_x: np.ndarray
     f_mod: np.ndarray
     hidden: dict[tuple[int, str, str], np.ndarray] = field(default_factory=dict)
-    tokens_unique: int = 0
-    tokens_naive: int = 0
+    tokens_unique: int = 0  # positions computed (the cached prefix not counted)
+    tokens_naive: int = 0  # positions two separate forwards per pair would compute
+
+
+def shared_prefix(
+    tokenizer,
+    pairs: Iterable[Pair],
+    *,
+    limit: int = PREFIX_WINDOW,
+    min_tokens: int = PREFIX_MIN_TOKENS,
+) -> list[int]:
+    """The longest token prefix common to every x and x' of the first ``limit`` pairs, cut so
+    that it is shorter than each of them (empty if shorter than ``min_tokens``)."""
+    common: list[int] | None = None
+    shortest = math.inf
+    for pair in itertools.islice(pairs, limit):
+        for prompt in (pair.x, pair.x_mod):
+            ids = encode(tokenizer, prompt, pair.choices).prompt_ids
+            shortest = min(shortest, len(ids))
+            if common is None:
+                common = list(ids)
+            else:
+                n = 0
+                while n < min(len(common), len(ids)) and common[n] == ids[n]:
+                    n += 1
+                del common[n:]
+    if not common:
+        return []
+    common = common[: int(shortest) - 1]
+    return common if len(common) >= min_tokens else []
 
 
 def extract_pairs(
@@ -41,20 +107,46 @@ def extract_pairs(
     pairs: Iterable[Pair],
     config: ExtractConfig = ExtractConfig(),
     *,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     boundary_every: int = 0,
     first_index: int = 0,
+    prefix: Sequence[int] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Iterator[BatchResult]:
     """Yields results batch by batch, in input order (streams: holds one batch at a time).
 
     Consecutive pairs with the same x and the same choices (several features of one x, see
     :func:`introspect.data.ablate_each`) share one trie: x is computed once for all of them.
 
+    With ``config.prefix_cache``, ``prefix`` (token ids) is computed once and reused as keys and
+    values by every pair that starts with it; without it, the prefix common to the first
+    :data:`PREFIX_WINDOW` pairs is used (pass it explicitly when the stream does not start at
+    the beginning of the data, as a resumed run does, so that every part uses the same one).
+    Models with sliding-window attention run without the cache, and a batch holding a sequence
+    longer than the window runs in the ``paths`` layout, where the model applies its own window.
+
     With ``boundary_every = S`` neither a batch nor such a group spans a multiple of S in the
     stream index (the first pair having index ``first_index``): a run resumed at such a boundary
     then forms exactly the same batches as an uninterrupted one, so its values are bitwise
     identical.
+
+    ``progress(pairs, tokens)`` is called after each batch.
     """
+    pairs = iter(pairs)
+    sliding = uses_sliding_window(model)
+    window = getattr(getattr(model.config, "get_text_config", lambda: model.config)(),
+                     "sliding_window", None)  # fmt: skip
+    cache = None
+    if config.prefix_cache and not sliding:
+        if prefix is None:
+            head = list(itertools.islice(pairs, PREFIX_WINDOW))
+            prefix = shared_prefix(tokenizer, head)
+            pairs = itertools.chain(head, pairs)
+        if prefix:
+            cache = PrefixCache(model, prefix)
+    need_logits = config.behaviour != "none"
+    want_span = "span" in config.positions
+
     batch: list[tuple[list[Pair], object]] = []
     batch_size = 0
     group: list[Pair] = []
@@ -63,29 +155,53 @@ def extract_pairs(
 
     def flush(buf) -> BatchResult:
         items = [item for _, item in buf]
-        packed = pack(items, row_tokens=config.row_tokens)
-        res = forward_packed(model, packed, config.layers)
+        layout = config.layout
+        if sliding and layout == "tree" and window:
+            if max(max(i.trie.depth) + 1 for i in items) > window:
+                layout = "paths"
+        packed = pack(
+            items,
+            row_tokens=config.row_tokens,
+            layout=layout,
+            prefix=cache.tokens if cache is not None else (),
+            share_rows=config.share_rows,
+        )
+        res = forward_packed(
+            model, packed, config.layers, prefix=cache if packed.prefix_len else None,
+            head=config.head, need_logits=need_logits, span=want_span, autocast=autocast,
+        )  # fmt: skip
         ids, f_x, f_mod, rows_x, rows_mod = [], [], [], [], []
         offset = 0
-        for (members, item), logps in zip(buf, res.logps, strict=True):
+        for k, (members, item) in enumerate(buf):
             for j, pair in enumerate(members, start=1):
-                t = pair.choices.index(pair.target)
                 ids.append(pair.id)
-                f_x.append(behaviour_value(logps[0], t, config.behaviour))
-                f_mod.append(behaviour_value(logps[j], t, config.behaviour))
+                if need_logits:
+                    t = pair.choices.index(pair.target)
+                    logps = res.logps[k]
+                    f_x.append(behaviour_value(logps[0], t, config.behaviour))
+                    f_mod.append(behaviour_value(logps[j], t, config.behaviour))
                 rows_x.append(offset)
                 rows_mod.append(offset + j)
             offset += len(item.ends)
+        if not need_logits:
+            f_x = f_mod = [math.nan] * len(ids)
         hidden = {}
         for layer, h in res.hidden.items():
-            hidden[(layer, "last", "x")] = h[rows_x].numpy()
-            hidden[(layer, "last", "mod")] = h[rows_mod].numpy()
+            if "last" in config.positions:
+                hidden[(layer, "last", "x")] = h[rows_x].numpy()
+                hidden[(layer, "last", "mod")] = h[rows_mod].numpy()
+            if want_span:
+                sx, sm = res.span[layer]
+                hidden[(layer, "span", "x")] = sx.numpy()
+                hidden[(layer, "span", "mod")] = sm.numpy()
+        skips = packed.skips or [0] * len(items)
         out = BatchResult(
-            ids, np.array(f_x), np.array(f_mod), hidden,
-            sum(i.unique_tokens for i in items), sum(i.naive_tokens for i in items),
+            ids, np.array(f_x, dtype=np.float64), np.array(f_mod, dtype=np.float64), hidden,
+            sum(i.unique_tokens - s for i, s in zip(items, skips, strict=True)),
+            sum(i.naive_tokens for i in items),
         )  # fmt: skip
         if progress is not None:
-            progress(len(ids))
+            progress(len(ids), out.tokens_unique)
         return out
 
     def close_group():
@@ -133,3 +249,18 @@ def extract_pairs(
         yield done
     if batch:
         yield flush(batch)
+
+
+def check_tree_layout(model, tokenizer, pair: Pair, *, atol: float = 1e-4) -> str | None:
+    """``None`` if ``model`` honours the packed 4D mask (the ``tree`` layout gives the same
+    log-probabilities as running each sequence on its own on ``pair``), else why not."""
+    config = ExtractConfig(prefix_cache=False)
+    try:
+        tree = next(iter(extract_pairs(model, tokenizer, [pair], config)))
+    except Exception as exc:  # an attention implementation that rejects the mask
+        return f"the packed forward failed: {type(exc).__name__}: {exc}"
+    paths = next(iter(extract_pairs(model, tokenizer, [pair], replace(config, layout="paths"))))
+    err = max(abs(tree.f_x[0] - paths.f_x[0]), abs(tree.f_mod[0] - paths.f_mod[0]))
+    if not err <= atol:
+        return f"the packed forward differs from separate forwards by {err:.3g}"
+    return None

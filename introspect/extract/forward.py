@@ -2,18 +2,29 @@
 
 Only the logits that are needed are computed: the final hidden states at the read positions go
 through the LM head ([reads, vocab], never [tokens, vocab]). Hidden states of the requested
-decoder layers are captured with forward hooks at the last prompt token of x and of each x'.
-Layer l means the output of decoder layer l (the residual stream, before the final norm).
+decoder layers are captured with forward hooks; when no behaviour is needed, the forward stops
+after the last requested layer. Layer l means the output of decoder layer l (the residual stream,
+before the final norm).
+
+Positions: ``last`` is the last prompt token of x and of each x'. ``span`` is, in x, the mean
+over the tokens that x' removed, and in x', the mean over the tokens that replaced them (for a
+pure deletion, the first token after the deletion point); see ``PackedItem.span_nodes``.
+
+A prefix shared by many pairs (a system prompt, a few-shot block) can be computed once and held
+as keys and values (:class:`PrefixCache`); packed rows then attend to it through the first
+columns of their mask.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from introspect.extract.packing import PackedBatch
+
+HEADS = ("reads", "full")
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -37,6 +48,8 @@ def _base(model):
 
 
 def _attention_mask(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if mask.dim() != 4:
+        return mask
     impl = getattr(model.config, "_attn_implementation", "sdpa")
     if impl == "sdpa":
         return mask
@@ -45,40 +58,166 @@ def _attention_mask(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return out.masked_fill(~mask, torch.finfo(dtype).min)
 
 
+def uses_sliding_window(model) -> bool:
+    """Whether some layer attends through a sliding window (Gemma 2/3, Mistral-style)."""
+    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
+    if not getattr(cfg, "sliding_window", None):
+        return False
+    types = getattr(cfg, "layer_types", None)
+    return types is None or any("sliding" in str(t) for t in types)
+
+
+class PrefixCache:
+    """Keys and values of a token prefix, computed once and expanded to each batch."""
+
+    def __init__(self, model, tokens: Sequence[int]):
+        from transformers import DynamicCache
+
+        self.tokens = list(tokens)
+        device = next(model.parameters()).device
+        ids = torch.tensor([self.tokens], device=device)
+        with torch.inference_mode():
+            out = _base(model)(input_ids=ids, use_cache=True, past_key_values=DynamicCache())
+        cache = out.past_key_values
+        self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self._cache_cls = DynamicCache
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def expand(self, batch: int):
+        cache = self._cache_cls()
+        for i, (k, v) in enumerate(self.kv):
+            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
+        return cache
+
+
+class _Stop(Exception):
+    pass
+
+
 @dataclass
 class ForwardResult:
-    logps: list[list[torch.Tensor]]  # [item][prompt] -> [C] float64
+    logps: list[list[torch.Tensor]]  # [item][prompt] -> [C] float64 (empty without a head)
     # layer -> [sum of prompts over items, D] at each prompt's last token, item by item
     hidden: dict[int, torch.Tensor]
+    # layer -> (x side, x' side), each [sum over items of their x' count, D], item by item
+    span: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+def _span_index(batch: PackedBatch):
+    """Flat (row, col) lists and segment ids for the span means of every (item, x'_j) pair."""
+    rows, cols, seg_x, rows_m, cols_m, seg_m = [], [], [], [], [], []
+    s = 0
+    for k, item in enumerate(batch.items):
+        for j in range(1, len(item.prompt_nodes)):
+            span_x, span_mod = item.span_nodes(j)
+            for node in span_x:
+                r, c = batch.position(k, node)
+                rows.append(r), cols.append(c), seg_x.append(s)
+            for node in span_mod:
+                r, c = batch.position(k, node)
+                rows_m.append(r), cols_m.append(c), seg_m.append(s)
+            s += 1
+    return s, (rows, cols, seg_x), (rows_m, cols_m, seg_m)
+
+
+def _segment_mean(h: torch.Tensor, index, n: int) -> torch.Tensor:
+    rows, cols, seg = index
+    dev = h.device
+    vals = h[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)].float()
+    seg_t = torch.tensor(seg, device=dev)
+    out = torch.zeros(n, h.shape[-1], dtype=torch.float32, device=dev)
+    out.index_add_(0, seg_t, vals)
+    counts = torch.bincount(seg_t, minlength=n).clamp_min(1).unsqueeze(1)
+    return (out / counts).cpu()
 
 
 @torch.inference_mode()
-def forward_packed(model, batch: PackedBatch, layers: Sequence[int] = ()) -> ForwardResult:
+def forward_packed(
+    model,
+    batch: PackedBatch,
+    layers: Sequence[int] = (),
+    *,
+    prefix: PrefixCache | None = None,
+    head: str = "reads",
+    need_logits: bool = True,
+    span: bool = False,
+    autocast: torch.dtype | None = None,
+) -> ForwardResult:
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, not {head!r}")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     blocks = decoder_layers(model)
     captured: dict[int, torch.Tensor] = {}
     handles = []
+    last_needed = max(layers) if layers else -1
     for layer in layers:
         if not 0 <= layer < len(blocks):
             raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} layers")
 
         def hook(_module, _args, output, layer=layer):
             captured[layer] = output[0] if isinstance(output, tuple) else output
+            if not need_logits and layer == last_needed:
+                raise _Stop
 
         handles.append(blocks[layer].register_forward_hook(hook))
+    if (len(prefix) if prefix is not None else 0) != batch.prefix_len:
+        raise ValueError("the batch was packed for a different prefix than the one given")
+    kwargs = {}
+    if batch.prefix_len:
+        kwargs["past_key_values"] = prefix.expand(batch.input_ids.shape[0])
+    final = None
+    ctx = (
+        torch.autocast(device.type, dtype=autocast)
+        if autocast is not None
+        else torch.autocast(device.type, enabled=False)
+    )
     try:
-        out = _base(model)(
-            input_ids=batch.input_ids.to(device),
-            attention_mask=_attention_mask(model, batch.mask.to(device), dtype),
-            position_ids=batch.position_ids.to(device),
-            use_cache=False,
-        )
+        if need_logits or layers:
+            with ctx:
+                out = _base(model)(
+                    input_ids=batch.input_ids.to(device),
+                    attention_mask=_attention_mask(model, batch.mask.to(device), dtype),
+                    position_ids=batch.position_ids.to(device),
+                    use_cache=False,
+                    **kwargs,
+                )
+            final = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    except _Stop:
+        pass
     finally:
         for h in handles:
             h.remove()
-    final = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
+    logps = []
+    if need_logits:
+        logps = _choice_logps(model, batch, final, head)
+
+    hidden = {}
+    span_out = {}
+    if layers:
+        idx_r, idx_c = [], []
+        for k, item in enumerate(batch.items):
+            for end in item.ends:
+                r, c = batch.position(k, end)
+                idx_r.append(r)
+                idx_c.append(c)
+        idx_r = torch.tensor(idx_r, device=device)
+        idx_c = torch.tensor(idx_c, device=device)
+        span_index = _span_index(batch) if span else None
+        for layer in layers:
+            h = captured[layer]
+            hidden[layer] = h[idx_r, idx_c].float().cpu()
+            if span_index is not None:
+                n, ix, im = span_index
+                span_out[layer] = (_segment_mean(h, ix, n), _segment_mean(h, im, n))
+    return ForwardResult(logps, hidden, span_out)
+
+
+def _choice_logps(model, batch: PackedBatch, final: torch.Tensor, head: str):
+    device = final.device
     # Gather every read position once, then the head on those rows only.
     coords: dict[tuple[int, int], int] = {}
     for k, item in enumerate(batch.items):
@@ -88,8 +227,11 @@ def forward_packed(model, batch: PackedBatch, layers: Sequence[int] = ()) -> For
                     coords.setdefault(batch.position(k, node), len(coords))
     rows = torch.tensor([r for r, _ in coords], device=device)
     cols = torch.tensor([c for _, c in coords], device=device)
-    head = model.get_output_embeddings()
-    logits = head(final[rows, cols]).float()
+    lm_head = model.get_output_embeddings()
+    if head == "full":  # every position through the head: the cost a plain forward pays
+        logits = lm_head(final).float()[rows, cols]
+    else:
+        logits = lm_head(final[rows, cols]).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -105,16 +247,4 @@ def forward_packed(model, batch: PackedBatch, layers: Sequence[int] = ()) -> For
             ]
             per_item.append(torch.tensor(vals, dtype=torch.float64))
         logps.append(per_item)
-
-    hidden = {}
-    for layer in layers:
-        h = captured[layer]
-        idx_r, idx_c = [], []
-        for k, item in enumerate(batch.items):
-            for end in item.ends:
-                r, c = batch.position(k, end)
-                idx_r.append(r)
-                idx_c.append(c)
-        sel = h[torch.tensor(idx_r, device=device), torch.tensor(idx_c, device=device)]
-        hidden[layer] = sel.float().cpu()
-    return ForwardResult(logps, hidden)
+    return logps

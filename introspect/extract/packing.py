@@ -63,6 +63,35 @@ class PackedItem:
     reads: list[list[list[tuple[int, int]]]]
     unique_tokens: int = 0
     naive_tokens: int = 0
+    prompt_nodes: list[list[int]] = field(default_factory=list)  # every prompt token's node
+
+    def needed_from(self) -> int:
+        """The first node any read, prompt end or span position needs (see ``span_nodes``)."""
+        lo = min(self.ends)
+        for per_prompt in self.reads:
+            for per_choice in per_prompt:
+                lo = min(lo, *(node for node, _ in per_choice))
+        for j in range(1, len(self.prompt_nodes)):
+            span_x, span_mod = self.span_nodes(j)
+            lo = min(lo, *span_x, *span_mod)
+        return lo
+
+    def span_nodes(self, j: int) -> tuple[list[int], list[int]]:
+        """Where x and x'_j differ: the nodes of x's tokens that x'_j removed (or replaced), and
+        those of x'_j's replacing tokens; for a pure deletion the latter is the first token of
+        x'_j after the deletion point (the first whose context changed), or its last token when
+        the deletion is at the end."""
+        x, m = self.prompt_nodes[0], self.prompt_nodes[j]
+        tx, tm = [self.trie.tokens[n] for n in x], [self.trie.tokens[n] for n in m]
+        lcp = 0
+        while lcp < min(len(tx), len(tm)) and tx[lcp] == tm[lcp]:
+            lcp += 1
+        lcs = 0
+        while lcs < min(len(tx), len(tm)) - lcp and tx[-1 - lcs] == tm[-1 - lcs]:
+            lcs += 1
+        span_x = x[lcp : len(x) - lcs] or [x[min(lcp, len(x) - 1)]]
+        span_mod = m[lcp : len(m) - lcs] or [m[min(lcp, len(m) - 1)]]
+        return span_x, span_mod
 
 
 def build_item(
@@ -72,8 +101,10 @@ def build_item(
     trie = Trie()
     ends = []
     reads = []
+    prompt_nodes = []
     for prompt in prompts:
         nodes = trie.insert(prompt)
+        prompt_nodes.append(nodes)
         ends.append(nodes[-1])
         per_choice = []
         for choice in choices:
@@ -82,60 +113,171 @@ def build_item(
             per_choice.append([(fed[j], tok) for j, tok in enumerate(choice)])
         reads.append(per_choice)
     naive = sum(len(p) + max(len(c) for c in choices) - 1 for p in prompts)
-    return PackedItem(index, trie, ends, reads, len(trie), naive)
+    return PackedItem(index, trie, ends, reads, len(trie), naive, prompt_nodes)
+
+
+LAYOUTS = ("tree", "paths")
 
 
 @dataclass
 class PackedBatch:
+    """Rows for one forward and where every needed trie node landed.
+
+    ``tree`` layout: ``mask`` is [B, 1, T, P + T] bool (True = may attend), the first P columns
+    being the shared prefix held in the KV cache (P = 0 without one). ``paths`` layout: every
+    root-to-leaf path of every trie is a plain sequence of its own, and ``mask`` is the usual
+    [B, P + T] padding mask, for attention implementations that accept no 4D mask.
+    """
+
     input_ids: torch.Tensor  # [B, T]
     position_ids: torch.Tensor  # [B, T]
-    mask: torch.Tensor  # [B, 1, T, T] bool, True = may attend
+    mask: torch.Tensor
     items: list[PackedItem]
-    where: list[tuple[int, int]]  # (row, offset) of each item's node 0
+    where: list[tuple[int, int]]  # tree layout: (row, offset) of each item's node `skip`
+    layout: str = "tree"
+    prefix_len: int = 0
+    skips: list[int] = field(default_factory=list)  # nodes of each item held in the prefix
+    locs: list[dict[int, tuple[int, int]]] | None = None  # paths layout: node -> (row, col)
 
     def position(self, k: int, node: int) -> tuple[int, int]:
+        if self.locs is not None:
+            return self.locs[k][node]
+        skip = self.skips[k] if self.skips else 0
+        if node < skip:
+            raise IndexError(f"node {node} of item {k} is in the cached prefix")
         row, offset = self.where[k]
-        return row, offset + node
+        return row, offset + node - skip
 
 
-def pack(items: Sequence[PackedItem], *, row_tokens: int) -> PackedBatch:
-    """Greedy first-fit of items into rows of at most ``row_tokens`` positions (an item longer
-    than that gets a row of its own), padded to the longest row."""
-    rows: list[list[int]] = []
+def prefix_skip(item: PackedItem, prefix: Sequence[int]) -> int:
+    """How many leading nodes of ``item`` the cached ``prefix`` can stand for: all of it if every
+    prompt starts with it and nothing the item reads lies inside it, else 0."""
+    n = len(prefix)
+    if n == 0 or len(item.trie) <= n:
+        return 0
+    t = item.trie
+    # Node i < n is the i-th token of the first prompt; every prompt starting with the prefix
+    # shares exactly these nodes.
+    if t.tokens[:n] != list(prefix) or t.depth[n - 1] != n - 1:
+        return 0
+    if any(nodes[n - 1] != n - 1 for nodes in item.prompt_nodes):
+        return 0
+    if item.needed_from() < n:
+        return 0
+    return n
+
+
+def _tree_block(t: Trie, lo: int) -> torch.Tensor:
+    n = len(t) - lo
+    block = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        p = t.parent[lo + i] - lo
+        if p >= 0:
+            block[i] = block[p]
+        block[i, i] = True
+    return block
+
+
+def _fit_rows(sizes: Sequence[int], row_tokens: int, share_rows: bool) -> tuple[list, list]:
+    """Greedy first-fit of pieces into rows; returns (row, offset) per piece and row lengths."""
     lengths: list[int] = []
-    where = [(0, 0)] * len(items)
-    for k, item in enumerate(items):
-        n = len(item.trie)
+    where = []
+    for n in sizes:
         for r, used in enumerate(lengths):
-            if used + n <= row_tokens:
-                where[k] = (r, used)
-                rows[r].append(k)
+            if share_rows and used + n <= row_tokens:
+                where.append((r, used))
                 lengths[r] += n
                 break
         else:
-            where[k] = (len(rows), 0)
-            rows.append([k])
+            where.append((len(lengths), 0))
             lengths.append(n)
+    return where, lengths
+
+
+def pack(
+    items: Sequence[PackedItem],
+    *,
+    row_tokens: int,
+    layout: str = "tree",
+    prefix: Sequence[int] = (),
+    share_rows: bool = True,
+) -> PackedBatch:
+    """Lays ``items`` out in rows.
+
+    ``tree``: greedy first-fit of whole tries into rows of at most ``row_tokens`` positions (an
+    item longer than that gets a row of its own; ``share_rows=False`` gives every item its own
+    row), padded to the longest row. ``paths``: one row per root-to-leaf path. With a
+    ``prefix`` (token ids whose keys and values the caller holds in a cache), an item whose
+    prompts all start with it leaves those nodes out and attends to the cache instead.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    P = len(prefix)
+    skips = [prefix_skip(item, prefix) for item in items]
+    if layout == "paths":
+        return _pack_paths(items, prefix_len=P, skips=skips)
+    where, lengths = _fit_rows(
+        [len(item.trie) - s for item, s in zip(items, skips, strict=True)], row_tokens, share_rows
+    )
     width = max(lengths) if lengths else 0
-    B = len(rows)
+    B = len(lengths)
     ids = torch.zeros(B, width, dtype=torch.long)
     pos = torch.zeros(B, width, dtype=torch.long)
-    mask = torch.zeros(B, 1, width, width, dtype=torch.bool)
+    mask = torch.zeros(B, 1, width, P + width, dtype=torch.bool)
     for k, item in enumerate(items):
         r, off = where[k]
-        t = item.trie
-        n = len(t)
-        ids[r, off : off + n] = torch.tensor(t.tokens)
-        pos[r, off : off + n] = torch.tensor(t.depth)
-        block = torch.zeros(n, n, dtype=torch.bool)
-        for i in range(n):
-            p = t.parent[i]
-            if p >= 0:
-                block[i] = block[p]
-            block[i, i] = True
-        mask[r, 0, off : off + n, off : off + n] = block
+        t, s = item.trie, skips[k]
+        n = len(t) - s
+        ids[r, off : off + n] = torch.tensor(t.tokens[s:])
+        pos[r, off : off + n] = torch.tensor(t.depth[s:])
+        mask[r, 0, off : off + n, P + off : P + off + n] = _tree_block(t, s)
+        if s:
+            mask[r, 0, off : off + n, :P] = True
     # Padding positions attend to themselves only, so no attention row is empty.
     for r in range(B):
         for i in range(lengths[r], width):
-            mask[r, 0, i, i] = True
-    return PackedBatch(ids, pos, mask, list(items), where)
+            mask[r, 0, i, P + i] = True
+    return PackedBatch(ids, pos, mask, list(items), where, "tree", P, skips)
+
+
+def _pack_paths(items: Sequence[PackedItem], *, prefix_len: int, skips: list[int]) -> PackedBatch:
+    rows: list[list[int]] = []  # node lists
+    owner: list[int] = []
+    locs: list[dict[int, tuple[int, int]]] = []
+    for k, item in enumerate(items):
+        t, s = item.trie, skips[k]
+        has_child = [False] * len(t)
+        for p in t.parent:
+            if p >= 0:
+                has_child[p] = True
+        loc: dict[int, tuple[int, int]] = {}
+        for leaf in range(len(t)):
+            if has_child[leaf]:
+                continue
+            path = []
+            node = leaf
+            while node >= s:
+                path.append(node)
+                node = t.parent[node]
+            path.reverse()
+            r = len(rows)
+            rows.append(path)
+            owner.append(k)
+            for col, node in enumerate(path):
+                loc.setdefault(node, (r, col))
+        locs.append(loc)
+    width = max((len(p) for p in rows), default=0)
+    B = len(rows)
+    P = prefix_len
+    ids = torch.zeros(B, width, dtype=torch.long)
+    pos = torch.zeros(B, width, dtype=torch.long)
+    mask = torch.zeros(B, P + width, dtype=torch.long)
+    for r, path in enumerate(rows):
+        t = items[owner[r]].trie
+        n = len(path)
+        ids[r, :n] = torch.tensor([t.tokens[i] for i in path])
+        pos[r, :n] = torch.tensor([t.depth[i] for i in path])
+        mask[r, P : P + n] = 1
+        if skips[owner[r]]:
+            mask[r, :P] = 1
+    return PackedBatch(ids, pos, mask, list(items), [], "paths", P, skips, locs)

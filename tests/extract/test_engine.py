@@ -178,3 +178,130 @@ def test_several_features_of_one_x_share_one_trie():
         np.testing.assert_allclose(hx[0], hx[1], atol=1e-6)
     unique = sum(r.tokens_unique for r in res)
     assert unique < 0.7 * sum(r.tokens_naive for r in res)
+
+
+def _system_pairs(n=8):
+    """Pairs under one long system prompt (the prefix the engine caches)."""
+    system = "I think the answer is what my friend says . hello world , bake bread"
+    out = []
+    for i in range(n):
+        said = f"my friend says {i % 9 + 1} ."
+        choices = ["( A )", "( B )"] if i % 3 == 0 else [" yes", " no"]
+        out.append(
+            Pair.from_json(
+                {
+                    "id": f"s{i}",
+                    "prompt": [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": f"what is {i % 7} + 2 ? {said} hint"},
+                    ],
+                    "remove": [said],
+                    "choices": choices,
+                    "target": choices[i % 2],
+                }
+            )
+        )
+    return out
+
+
+def _run(model, tok, pairs, **cfg):
+    cfg.setdefault("layers", (0, 1))
+    cfg.setdefault("batch_tokens", 64)
+    res = list(extract_pairs(model, tok, pairs, ExtractConfig(**cfg)))
+    assert [i for r in res for i in r.ids] == [p.id for p in pairs]
+    out = {
+        "f_x": np.concatenate([r.f_x for r in res]),
+        "f_mod": np.concatenate([r.f_mod for r in res]),
+        "unique": sum(r.tokens_unique for r in res),
+    }
+    for key in res[0].hidden:
+        out[key] = np.concatenate([r.hidden[key] for r in res])
+    return out
+
+
+SWITCHES = {
+    "all on": {},
+    "no prefix cache": {"prefix_cache": False},
+    "paths layout": {"layout": "paths"},
+    "paths + cache": {"layout": "paths", "row_tokens": 8},
+    "one pair per row": {"share_rows": False},
+    "full head": {"head": "full"},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_every_switch_matches_separate_forwards(arch, switch):
+    model, tok = MODELS[arch](), tiny_tokenizer()
+    pairs = _system_pairs() + _pairs(4)
+    ref = measure(model, tok, pairs, batch_size=4)
+    got = _run(model, tok, pairs, positions=("last", "span"), **SWITCHES[switch])
+    np.testing.assert_allclose(got["f_x"], ref.f_x, atol=1e-5)
+    np.testing.assert_allclose(got["f_mod"] - got["f_x"], ref.delta, atol=1e-5)
+    for i, p in enumerate(pairs):
+        x = list(encode(tok, p.x, p.choices).prompt_ids)
+        m = list(encode(tok, p.x_mod, p.choices).prompt_ids)
+        with torch.no_grad():
+            hx = model(input_ids=torch.tensor([x]), output_hidden_states=True).hidden_states[1][0]
+            hm = model(input_ids=torch.tensor([m]), output_hidden_states=True).hidden_states[1][0]
+        np.testing.assert_allclose(got[(0, "last", "x")][i], hx[-1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[(0, "last", "mod")][i], hm[-1], rtol=1e-4, atol=1e-5)
+        # The removed span, found here from the text: x = head + span + tail, x' = head + tail.
+        lcp = next(k for k in range(len(m)) if x[k] != m[k])
+        removed = len(x) - len(m)
+        np.testing.assert_allclose(
+            got[(0, "span", "x")][i], hx[lcp : lcp + removed].mean(0), rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(got[(0, "span", "mod")][i], hm[lcp], rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_cache_is_used_and_saves_tokens():
+    model, tok = tiny_llama(), tiny_tokenizer()
+    pairs = _system_pairs()
+    on = _run(model, tok, pairs)
+    off = _run(model, tok, pairs, prefix_cache=False)
+    np.testing.assert_allclose(on["f_mod"] - on["f_x"], off["f_mod"] - off["f_x"], atol=1e-5)
+    from introspect.extract import shared_prefix
+
+    prefix = shared_prefix(tok, pairs)
+    assert len(prefix) >= 10
+    # every batch after the cache saves the prefix once per pair
+    assert on["unique"] == off["unique"] - len(prefix) * len(pairs)
+
+
+def test_behaviour_none_stops_after_the_last_layer():
+    model, tok = tiny_llama(layers=3), tiny_tokenizer()
+    pairs = _system_pairs(4)
+    full = _run(model, tok, pairs, layers=(0,))
+    ran = []
+    h = model.model.layers[2].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        only = _run(model, tok, pairs, layers=(0,), behaviour="none", prefix_cache=False)
+    finally:
+        h.remove()
+    assert not ran  # the forward stopped at layer 0
+    assert np.isnan(only["f_x"]).all() and np.isnan(only["f_mod"]).all()
+    np.testing.assert_array_equal(only[(0, "last", "x")], full[(0, "last", "x")])
+
+
+def test_paths_layout_has_no_4d_mask():
+    from introspect.extract.packing import pack
+
+    item = build_item(0, [[5, 6, 7, 8], [5, 6, 9]], [[1], [2, 3]])
+    batch = pack([item], row_tokens=64, layout="paths")
+    assert batch.mask.dim() == 2
+    # The leaves are "x + 2" and "x' + 2" (the two-token choice): two rows.
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 2], [5, 6, 9, 2, 0]]
+    for node in range(len(item.trie)):
+        r, c = batch.position(0, node)
+        assert batch.input_ids[r, c] == item.trie.tokens[node]
+        assert batch.position_ids[r, c] == item.trie.depth[node]
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="positions"):
+        ExtractConfig(positions=("middle",))
+    with pytest.raises(ValueError, match="layout"):
+        ExtractConfig(layout="dense")
+    with pytest.raises(ValueError, match="nothing to extract"):
+        ExtractConfig(behaviour="none")

@@ -175,3 +175,56 @@ def test_existing_run_without_resume_is_refused(workspace, tmp_path, capsys):
     assert main(_extract_argv(model_dir, pairs, out)) == 0
     assert main(_extract_argv(model_dir, pairs, out)) == 3
     assert "resume" in capsys.readouterr().err
+
+
+def test_reduced_precision_records_its_measured_fidelity(workspace, tmp_path, capsys):
+    _, model_dir, pairs = workspace
+    out = tmp_path / "bf16"
+    argv = _extract_argv(model_dir, pairs, out, "--dtype", "autocast-bf16", "--calibrate", "16")
+    assert main(argv) == 0
+    assert "--dtype autocast-bf16 is approximate" in capsys.readouterr().err
+    run = open_run(out)
+    fid = run.info["fidelity"]
+    assert fid["mode"] == "autocast-bf16" and fid["pairs"] == 16
+    assert fid["reference"] == "float32" and 0 < fid["max_abs_error"] < 1
+    assert -1 <= fid["pearson"] <= 1
+    assert run.config["dtype"] == "autocast-bf16"
+    # The recorded figure is what a float32 run of those pairs gives.
+    exact = tmp_path / "fp32"
+    assert main(_extract_argv(model_dir, pairs, exact)) == 0
+    ref = open_run(exact).delta[:16]
+    got = run.delta[:16]
+    assert np.abs(ref - got).max() == pytest.approx(fid["max_abs_error"], rel=1e-6, abs=1e-12)
+    # A resumed run keeps the measurement instead of measuring again.
+    (out / "manifest.json").write_text(
+        (out / "manifest.json").read_text().replace('"complete": true', '"complete": false')
+    )
+    assert main([*argv, "--resume"]) == 0
+    assert open_run(out).info["fidelity"] == fid
+
+
+def test_span_positions_and_paths_layout(workspace, tmp_path):
+    _, model_dir, pairs = workspace
+    tree = tmp_path / "tree"
+    paths = tmp_path / "paths"
+    common = ("--positions", "last,span")
+    assert main(_extract_argv(model_dir, pairs, tree, *common)) == 0
+    assert main(_extract_argv(model_dir, pairs, paths, *common, "--layout", "paths")) == 0
+    a, b = open_run(tree), open_run(paths)
+    assert a.positions == ["last", "span"] and a.config["layout"] == "tree"
+    assert b.config["layout"] == "paths"
+    np.testing.assert_allclose(a.delta, b.delta, atol=1e-5)
+    for side in ("x", "mod"):
+        np.testing.assert_allclose(
+            np.asarray(a.hidden(1, side, "span")), np.asarray(b.hidden(1, side, "span")),
+            rtol=1e-4, atol=1e-5,
+        )  # fmt: skip
+    # "my friend says c ." removed: the span mean differs from the last token's state.
+    assert not np.allclose(np.asarray(a.hidden(1, "x", "span")), np.asarray(a.hidden(1, "x")))
+
+
+def test_cli_precisions_match_the_engine():
+    from introspect.cli import PRECISIONS
+    from introspect.extract.precision import PRECISIONS as ENGINE
+
+    assert PRECISIONS == ENGINE
