@@ -1,0 +1,219 @@
+"""Self / Orig / gap and their paired bootstrap intervals against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from explain_synth import pearson_by_hand
+from hypothesis import given
+from hypothesis import strategies as st
+
+from introspect.evaluate import (
+    BINS,
+    agreement,
+    bin_delta,
+    bootstrap_indices,
+    changed_f1,
+    coupling,
+    exact_match,
+    metric_rows,
+    pearson_r,
+    prediction_records,
+    rankdata,
+    read_jsonl,
+    recompute_metrics,
+    spearman_r,
+    write_jsonl,
+)
+from introspect.labels import Labels
+
+
+def ranks_by_hand(a):
+    a = [float(v) for v in a]
+    order = sorted(range(len(a)), key=lambda i: a[i])
+    ranks = [0.0] * len(a)
+    i = 0
+    while i < len(a):
+        j = i
+        while j + 1 < len(a) and a[order[j + 1]] == a[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman_by_hand(a, b):
+    return pearson_by_hand(ranks_by_hand(a), ranks_by_hand(b))
+
+
+def percentile_by_hand(values, q):
+    v = sorted(values)
+    h = (len(v) - 1) * q
+    lo = math.floor(h)
+    return v[lo] + (h - lo) * (v[min(lo + 1, len(v) - 1)] - v[lo])
+
+
+def f1_by_hand(pred, target):
+    tp = sum(p != "unchanged" and t != "unchanged" for p, t in zip(pred, target, strict=True))
+    fp = sum(p != "unchanged" and t == "unchanged" for p, t in zip(pred, target, strict=True))
+    fn = sum(p == "unchanged" and t != "unchanged" for p, t in zip(pred, target, strict=True))
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def scalar_triplet(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    cur = rng.normal(size=n)
+    lab = 0.6 * cur + 0.8 * rng.normal(size=n)
+    pred = np.round(0.8 * cur + 0.2 * lab + 0.4 * rng.normal(size=n), 1)  # ties for Spearman
+    return pred, cur, lab
+
+
+def test_point_values_match_hand_computation():
+    pred, cur, lab = scalar_triplet()
+    est = coupling(pred, cur, lab, n_boot=0)
+    assert est["self.pearson"].value == pytest.approx(pearson_by_hand(pred, cur), abs=1e-12)
+    assert est["orig.pearson"].value == pytest.approx(pearson_by_hand(pred, lab), abs=1e-12)
+    gap = pearson_by_hand(pred, cur) - pearson_by_hand(pred, lab)
+    assert est["gap.pearson"].value == pytest.approx(gap, abs=1e-12)
+    assert est["self.spearman"].value == pytest.approx(spearman_by_hand(pred, cur), abs=1e-12)
+    assert est["orig.spearman"].value == pytest.approx(spearman_by_hand(pred, lab), abs=1e-12)
+    assert est["self.pearson"].value > est["orig.pearson"].value
+    assert all(e.n == 30 for e in est.values())
+    assert math.isnan(est["self.pearson"].lo)
+    assert rankdata(pred).tolist() == ranks_by_hand(pred)
+    assert pearson_r(pred, cur) == pytest.approx(pearson_by_hand(pred, cur), abs=1e-12)
+    assert spearman_r(pred, lab) == pytest.approx(spearman_by_hand(pred, lab), abs=1e-12)
+
+
+def test_paired_bootstrap_intervals_match_hand_resampling():
+    pred, cur, lab = scalar_triplet(n=25, seed=1)
+    est = coupling(pred, cur, lab, n_boot=40, seed=3, level=0.9)
+    idx = np.concatenate(list(bootstrap_indices(25, 40, 3)))
+    assert idx.shape == (40, 25)
+    reps = {"self": [], "orig": [], "self_s": [], "orig_s": []}
+    for row in idx:
+        reps["self"].append(pearson_by_hand(pred[row], cur[row]))
+        reps["orig"].append(pearson_by_hand(pred[row], lab[row]))
+        reps["self_s"].append(spearman_by_hand(pred[row], cur[row]))
+        reps["orig_s"].append(spearman_by_hand(pred[row], lab[row]))
+    gap = [a - b for a, b in zip(reps["self"], reps["orig"], strict=True)]
+    gap_s = [a - b for a, b in zip(reps["self_s"], reps["orig_s"], strict=True)]
+    for key, values in [
+        ("self.pearson", reps["self"]),
+        ("orig.pearson", reps["orig"]),
+        ("gap.pearson", gap),
+        ("self.spearman", reps["self_s"]),
+        ("gap.spearman", gap_s),
+    ]:
+        assert est[key].lo == pytest.approx(percentile_by_hand(values, 0.05), abs=1e-10), key
+        assert est[key].hi == pytest.approx(percentile_by_hand(values, 0.95), abs=1e-10), key
+    again = coupling(pred, cur, lab, n_boot=40, seed=3, level=0.9)
+    assert again == est
+    other = coupling(pred, cur, lab, n_boot=40, seed=4, level=0.9)
+    assert other["self.pearson"].lo != est["self.pearson"].lo
+
+
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=40))
+def test_ranks_with_ties_match_hand_ranks(values):
+    assert rankdata(values).tolist() == ranks_by_hand(values)
+
+
+@given(st.lists(st.integers(-1000, 1000), min_size=3, max_size=30), st.integers(0, 2**31))
+def test_spearman_is_invariant_to_monotone_maps(values, seed):
+    if len(set(values)) < 2:
+        values = [*values, max(values) + 1]
+    y = np.random.default_rng(seed).normal(size=len(values))
+    x = np.asarray(values, dtype=np.float64)
+    r = spearman_r(x, y)
+    assert r == pytest.approx(spearman_by_hand(x, y), abs=1e-9)
+    assert spearman_r(np.exp(x / 100), y) == pytest.approx(r, abs=1e-9)
+    assert spearman_r(-x, y) == pytest.approx(-r, abs=1e-9)
+
+
+def test_interval_covers_the_truth_on_a_large_sample():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=2000)
+    y = 0.5 * x + math.sqrt(1 - 0.25) * rng.normal(size=2000)
+    e = agreement(x, y, "pearson", n_boot=300, seed=0)
+    assert e.lo < 0.5 < e.hi and e.lo < e.value < e.hi and e.hi - e.lo < 0.1
+
+
+def test_categorical_metrics_match_hand_computation():
+    rng = np.random.default_rng(2)
+    vocab = np.array(["unchanged", "changed", "toward", "away"], dtype=object)
+    cur = vocab[rng.integers(0, 4, size=40)]
+    lab = vocab[rng.integers(0, 4, size=40)]
+    pred = np.where(rng.random(40) < 0.7, cur, lab)
+    est = coupling(pred, cur, lab, n_boot=30, seed=1)
+    assert set(est) == {f"{s}.{m}" for s in ("self", "orig", "gap")
+                        for m in ("exact_match", "changed_f1")}  # fmt: skip
+    em_self = sum(p == c for p, c in zip(pred, cur, strict=True)) / 40
+    assert est["self.exact_match"].value == pytest.approx(em_self)
+    assert est["self.changed_f1"].value == pytest.approx(f1_by_hand(pred, cur))
+    assert est["orig.changed_f1"].value == pytest.approx(f1_by_hand(pred, lab))
+    assert exact_match(pred, lab) == pytest.approx(
+        sum(p == t for p, t in zip(pred, lab, strict=True)) / 40
+    )
+    assert changed_f1(pred, cur) == pytest.approx(f1_by_hand(pred, cur))
+    idx = np.concatenate(list(bootstrap_indices(40, 30, 1)))
+    reps = [f1_by_hand(pred[r], cur[r]) - f1_by_hand(pred[r], lab[r]) for r in idx]
+    assert est["gap.changed_f1"].lo == pytest.approx(percentile_by_hand(reps, 0.025))
+    assert est["gap.changed_f1"].hi == pytest.approx(percentile_by_hand(reps, 0.975))
+
+
+def test_changed_f1_is_undefined_without_changed_pairs():
+    assert math.isnan(changed_f1(["unchanged"] * 3, ["unchanged"] * 3))
+    assert changed_f1(["changed", "unchanged"], ["unchanged", "changed"]) == 0.0
+
+
+def test_bin_delta():
+    d = np.array([-0.5, -0.1, 0.0, 0.1, 0.1000001, 2.0])
+    assert bin_delta(d, 0.1).tolist() == ["away", "unchanged", "unchanged", "unchanged",
+                                          "toward", "toward"]  # fmt: skip
+    assert set(bin_delta(d, 0.0).tolist()) <= set(BINS)
+    with pytest.raises(ValueError, match="threshold"):
+        bin_delta(d, -1.0)
+
+
+def test_rows_recompute_exactly_from_saved_predictions(tmp_path):
+    ids = [f"p{i}" for i in range(30)]
+    rows, records = [], []
+    for step in (0, 100):
+        pred, cur, lab = scalar_triplet(seed=step)
+        rows += metric_rows(pred, cur, lab, checkpoint=step, explainer="probe", n_boot=50, seed=2)
+        order = np.random.default_rng(step).permutation(30)
+        cur_labels = Labels(tuple(ids[i] for i in order), cur[order])
+        records += prediction_records(
+            ids, pred, cur_labels, lab, checkpoint=step, explainer="probe"
+        )
+    path = write_jsonl(tmp_path / "predictions.jsonl", records[:30])
+    write_jsonl(path, records[30:], append=True)
+    again = recompute_metrics(path, n_boot=50, seed=2)
+    assert again == rows
+    assert len(rows) == 12
+    assert set(rows[0]) == {"checkpoint", "explainer", "metric", "value", "lo", "hi", "n"}
+    assert [r["metric"] for r in rows[:3]] == ["self.pearson", "orig.pearson", "gap.pearson"]
+    write_jsonl(tmp_path / "metrics.jsonl", rows)
+    assert read_jsonl(tmp_path / "metrics.jsonl") == rows
+
+
+def test_bad_inputs_are_refused_clearly(tmp_path):
+    pred, cur, lab = scalar_triplet()
+    bad = cur.copy()
+    bad[[3, 7]] = np.nan
+    with pytest.raises(ValueError, match=r"current: 2 value\(s\) are not finite \(at \[3, 7\]\)"):
+        coupling(pred, bad, lab)
+    with pytest.raises(TypeError, match="align them"):
+        coupling(pred, Labels(tuple(map(str, range(30))), cur), lab)
+    with pytest.raises(ValueError, match="cannot compare numbers with strings"):
+        coupling(pred, cur, ["changed"] * 30)
+    with pytest.raises(ValueError, match="lengths"):
+        coupling(pred, cur[:-1], lab)
+    with pytest.raises(ValueError, match="do not apply"):
+        coupling(pred, cur, lab, metrics=["exact_match"])
+    (tmp_path / "broken.jsonl").write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2"):
+        read_jsonl(tmp_path / "broken.jsonl")
