@@ -40,6 +40,7 @@ from introspect.explain.base import (
 from introspect.explain.features import ArraySource, FeatureSource, RunSource
 from introspect.explain.probe import ProbeConfig, ProbeExplainer
 from introspect.explain.ridge import DEFAULT_LAMBDAS, RidgeFit, RidgeStats, fit_ridge, fold_ids
+from introspect.explain.verbal import VerbalConfig, VerbalExplainer
 
 __all__ = [
     "DEFAULT_LAMBDAS",
@@ -53,6 +54,8 @@ __all__ = [
     "RidgeFit",
     "RidgeStats",
     "RunSource",
+    "VerbalConfig",
+    "VerbalExplainer",
     "build",
     "config_from_dict",
     "config_to_dict",
