@@ -11,6 +11,7 @@
 #include "delta_probe.h"
 #include "pearson.h"
 #ifdef INTROSPECT_WITH_CUDA
+#include "choice_logprobs_cuda.h"
 #include "delta_probe_cuda.h"
 #endif
 
@@ -40,7 +41,8 @@ py::dict build_info() {
 #ifdef INTROSPECT_WITH_CUDA
   info["cuda"] = true;
   info["cuda_archs"] = INTROSPECT_CUDA_ARCHS;
-  info["cuda_kernels"] = std::string(introspect::cuda::compiled_kernels());
+  info["cuda_kernels"] = std::string(introspect::cuda::compiled_kernels()) + "," +
+                         introspect::cuda::choice_logprobs_kernels();
 #else
   info["cuda"] = false;
   info["cuda_archs"] = "";
@@ -136,6 +138,22 @@ PYBIND11_MODULE(_C, m) {
                        as_ptr<float>(gw), as_ptr<void>(ghx), as_ptr<void>(ghm),
                        as_ptr<void>(scratch), scratch_bytes, as_ptr<void>(stream)),
                    "delta_probe_bwd (CUDA)");
+      },
+      py::call_guard<py::gil_scoped_release>());
+
+  m.def("choice_logprobs_cuda_scratch_bytes", &introspect::cuda::choice_logprobs_scratch_bytes);
+  m.def(
+      "choice_logprobs_cuda",
+      [](int h_dtype, uintptr_t h, int64_t sh, int w_dtype, uintptr_t w, int64_t sw,
+         uintptr_t bias, uintptr_t choices, int64_t M, int64_t V, int64_t D, int64_t C,
+         float softcap, uintptr_t logp, uintptr_t lse, uintptr_t scratch, int64_t scratch_bytes,
+         uintptr_t stream) {
+        check_cuda(introspect::cuda::choice_logprobs(
+                       h_dtype, as_ptr<const void>(h), sh, w_dtype, as_ptr<const void>(w), sw,
+                       as_ptr<const float>(bias), as_ptr<const int64_t>(choices), M, V, D, C,
+                       softcap, as_ptr<float>(logp), as_ptr<float>(lse), as_ptr<void>(scratch),
+                       scratch_bytes, as_ptr<void>(stream)),
+                   "choice_logprobs (CUDA)");
       },
       py::call_guard<py::gil_scoped_release>());
 #endif

@@ -27,3 +27,20 @@ def test_cuda_kernels_compiled_when_a_compiler_is_present():
     kernels = set(info["cuda_kernels"].split(","))
     assert {"delta_probe_fwd", "delta_probe_bwd"} <= kernels, info
     assert "80" in info["cuda_archs"] and "90" in info["cuda_archs"], info
+
+
+@pytest.mark.skipif(
+    os.environ.get("INTROSPECT_NATIVE", "ON").upper() in ("OFF", "0"),
+    reason="built with INTROSPECT_NATIVE=OFF",
+)
+def test_choice_logprobs_cuda_kernel_compiled_when_a_compiler_is_present():
+    if not _cuda_compiler_present() or os.environ.get("INTROSPECT_CUDA", "").upper() == "OFF":
+        pytest.skip("no CUDA compiler here (or INTROSPECT_CUDA=OFF): nothing to check")
+    info = _native.build_info()
+    assert info, f"introspect._C did not load: {_native.unavailable_reason()}"
+    assert "choice_logprobs" in info["cuda_kernels"].split(","), info
+    module = _native.load()
+    assert hasattr(module, "choice_logprobs_cuda"), "the CUDA entry point is not bound"
+    # The scratch size is host arithmetic: callable without a GPU.
+    assert module.choice_logprobs_cuda_scratch_bytes(0, 10) == 0
+    assert module.choice_logprobs_cuda_scratch_bytes(4096, 49152) >= 2 * 4096 * 4

@@ -19,7 +19,14 @@ import torch
 
 from introspect.behaviour import BEHAVIOURS, behaviour_value, encode
 from introspect.data.pairs import Pair
-from introspect.extract.forward import HEADS, PrefixCache, forward_packed, uses_sliding_window
+from introspect.extract.forward import (
+    ATTENTIONS,
+    HEADS,
+    PrefixCache,
+    forward_packed,
+    resolve_attention,
+    uses_sliding_window,
+)
 from introspect.extract.packing import LAYOUTS, build_item, pack
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ class ExtractConfig:
     share_rows: bool = True
     prefix_cache: bool = True
     head: str = "reads"
+    attention: str = "auto"  # "mask", "paired" (segment kernel, no dense mask), "auto"
 
     def __post_init__(self):
         if self.behaviour not in (*BEHAVIOURS, "none"):
@@ -51,6 +59,8 @@ class ExtractConfig:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, not {self.head!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, not {self.attention!r}")
         if self.behaviour == "none" and not self.layers:
             raise ValueError("behaviour 'none' with no layers leaves nothing to extract")
 
@@ -60,6 +70,7 @@ class ExtractConfig:
             "positions": list(self.positions), "row_tokens": self.row_tokens,
             "batch_tokens": self.batch_tokens, "layout": self.layout,
             "share_rows": self.share_rows, "prefix_cache": self.prefix_cache, "head": self.head,
+            "attention": self.attention,
         }  # fmt: skip
 
 
@@ -169,6 +180,7 @@ def extract_pairs(
         res = forward_packed(
             model, packed, config.layers, prefix=cache if packed.prefix_len else None,
             head=config.head, need_logits=need_logits, span=want_span, autocast=autocast,
+            attention=resolve_attention(model, config.attention, layout),
         )  # fmt: skip
         ids, f_x, f_mod, rows_x, rows_mod = [], [], [], [], []
         offset = 0

@@ -17,6 +17,7 @@ columns of their mask.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,31 @@ import torch
 from introspect.extract.packing import PackedBatch
 
 HEADS = ("reads", "full")
+ATTENTIONS = ("auto", "mask", "paired")
+
+
+def resolve_attention(model, attention: str, layout: str) -> str:
+    """``mask`` (the model's own attention with the packed mask) or ``paired`` (the segment
+    kernel registered with transformers, :mod:`introspect.extract.attention`). ``auto`` takes
+    ``paired`` on CUDA for a model it supports, in the tree layout, and ``mask`` elsewhere (on
+    CPU, SDPA with the boolean mask is the fast path)."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
+    if layout != "tree":
+        return "mask"
+    if attention == "auto":
+        if next(model.parameters()).device.type != "cuda":
+            return "mask"
+        from introspect.extract.attention import supports_paired_attention
+
+        return "paired" if supports_paired_attention(model) else "mask"
+    if attention == "paired":
+        from introspect.extract.attention import paired_attention_unsupported
+
+        why = paired_attention_unsupported(model)
+        if why is not None:
+            raise ValueError(f"attention='paired' cannot run this model: {why}")
+    return attention
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -144,6 +170,8 @@ def forward_packed(
     need_logits: bool = True,
     span: bool = False,
     autocast: torch.dtype | None = None,
+    attention: str = "mask",
+    attention_backend: str = "auto",
 ) -> ForwardResult:
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
@@ -169,17 +197,27 @@ def forward_packed(
     if batch.prefix_len:
         kwargs["past_key_values"] = prefix.expand(batch.input_ids.shape[0])
     final = None
-    ctx = (
+    ctx = contextlib.ExitStack()
+    ctx.enter_context(
         torch.autocast(device.type, dtype=autocast)
         if autocast is not None
         else torch.autocast(device.type, enabled=False)
     )
+    if attention == "paired":
+        if batch.layout != "tree":
+            raise ValueError("paired attention needs the tree layout")
+        from introspect.extract.attention import paired_attention_context
+        from introspect.ops.paired_attention import segment_meta
+
+        meta = segment_meta(batch, device=device)
+        ctx.enter_context(paired_attention_context(model, meta, backend=attention_backend))
+    else:
+        kwargs["attention_mask"] = _attention_mask(model, batch.mask.to(device), dtype)
     try:
         if need_logits or layers:
             with ctx:
                 out = _base(model)(
                     input_ids=batch.input_ids.to(device),
-                    attention_mask=_attention_mask(model, batch.mask.to(device), dtype),
                     position_ids=batch.position_ids.to(device),
                     use_cache=False,
                     **kwargs,
@@ -228,21 +266,50 @@ def _choice_logps(model, batch: PackedBatch, final: torch.Tensor, head: str):
     rows = torch.tensor([r for r, _ in coords], device=device)
     cols = torch.tensor([c for _, c in coords], device=device)
     lm_head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
     if head == "full":  # every position through the head: the cost a plain forward pays
         logits = lm_head(final).float()[rows, cols]
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        full = torch.log_softmax(logits, dim=-1).to(torch.float64).cpu()
+
+        def value(i: int, tok: int) -> float:
+            return float(full[i, tok])
+
     else:
-        logits = lm_head(final[rows, cols]).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    logp = torch.log_softmax(logits, dim=-1).to(torch.float64).cpu()
+        # The choice_logprobs op: log-sum-exp over the vocabulary in tiles, never [reads, V].
+        from introspect.ops import choice_logprobs
+
+        wanted: list[dict[int, int]] = [{} for _ in coords]
+        for k, item in enumerate(batch.items):
+            for per_prompt in item.reads:
+                for per_choice in per_prompt:
+                    for node, tok in per_choice:
+                        slots = wanted[coords[batch.position(k, node)]]
+                        slots.setdefault(tok, len(slots))
+        width = max(len(w) for w in wanted)
+        ids = torch.full((len(wanted), width), -1, dtype=torch.long)
+        for i, w in enumerate(wanted):
+            for tok, j in w.items():
+                ids[i, j] = tok
+        res = choice_logprobs(
+            final[rows, cols],
+            lm_head.weight,
+            ids.to(device),
+            getattr(lm_head, "bias", None),
+            softcap=float(cap) if cap else None,
+        )
+        picked = res.logp.to(torch.float64).cpu()
+
+        def value(i: int, tok: int) -> float:
+            return float(picked[i, wanted[i][tok]])
 
     logps = []
     for k, item in enumerate(batch.items):
         per_item = []
         for per_prompt in item.reads:
             vals = [
-                sum(float(logp[coords[batch.position(k, node)], tok]) for node, tok in per_choice)
+                sum(value(coords[batch.position(k, node)], tok) for node, tok in per_choice)
                 for per_choice in per_prompt
             ]
             per_item.append(torch.tensor(vals, dtype=torch.float64))

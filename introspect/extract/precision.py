@@ -51,12 +51,12 @@ def compare(delta_ref: Sequence[float], delta: Sequence[float]) -> dict:
     b = np.asarray(delta, dtype=np.float64)
     if a.shape != b.shape or a.size == 0:
         raise ValueError("need two equally long, non-empty Δ arrays")
-    err = np.abs(a - b)
-    if a.size > 1 and a.std() > 0 and b.std() > 0:
+    finite = bool(np.isfinite(b).all())
+    err = np.abs(a - b) if finite else np.full(a.shape, math.inf)
+    if finite and a.size > 1 and a.std() > 0 and b.std() > 0:
         pearson = float(np.corrcoef(a, b)[0, 1])
     else:
         pearson = math.nan
-    finite = bool(np.isfinite(b).all())
     return {
         "reference": EXACT,
         "pairs": int(a.size),

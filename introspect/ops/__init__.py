@@ -22,20 +22,32 @@ from introspect.ops._registry import (
     implemented_backends,
     unavailable_reason,
 )
+from introspect.ops.choice_logprobs import (
+    ChoiceLogprobs,
+    choice_logprobs,
+    choice_logprobs_reference,
+)
 from introspect.ops.delta_probe import DeltaProbeOutput, delta_probe, delta_probe_reference
+from introspect.ops.paired_attention import SegmentMeta, paired_attention, segment_meta
 from introspect.ops.pearson import PearsonStats, merge_chunks, pearson, pearson_stats
 
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "ChoiceLogprobs",
     "DeltaProbeOutput",
     "PearsonStats",
+    "SegmentMeta",
     "available_backends",
+    "choice_logprobs",
+    "choice_logprobs_reference",
     "delta_probe",
     "delta_probe_reference",
     "implemented_backends",
     "merge_chunks",
+    "paired_attention",
     "pearson",
     "pearson_stats",
+    "segment_meta",
     "unavailable_reason",
 ]

@@ -77,10 +77,44 @@ def _tiny_gpt2():
     return GPT2LMHeadModel(cfg).eval()
 
 
-MODELS = {"llama": lambda: tiny_llama(), "gpt2": _tiny_gpt2}
+def _tiny_qwen2():
+    from tiny import WORDS
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(cfg).eval()
 
 
-@pytest.mark.parametrize("arch", sorted(MODELS))
+def _tiny_gemma3(window=8):
+    """Gemma 3 text model with a sliding window shorter than most prompts here."""
+    from tiny import WORDS
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+        sliding_window=window, layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=30.0,
+    )  # fmt: skip
+    cfg._attn_implementation = "eager"
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+MODELS = {
+    "llama": lambda: tiny_llama(),
+    "gpt2": _tiny_gpt2,
+    "qwen2": _tiny_qwen2,
+    "gemma3": _tiny_gemma3,
+    "gemma3-wide-window": lambda: _tiny_gemma3(window=256),
+}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("row_tokens", [8, 512])
 def test_packed_matches_separate_forwards(arch, row_tokens):
     model, tok = MODELS[arch](), tiny_tokenizer()
@@ -226,11 +260,36 @@ SWITCHES = {
     "paths + cache": {"layout": "paths", "row_tokens": 8},
     "one pair per row": {"share_rows": False},
     "full head": {"head": "full"},
+    "paired attention": {"attention": "paired"},  # the segment op, reference backend on CPU
 }
 
 
-@pytest.mark.parametrize("arch", sorted(MODELS))
-@pytest.mark.parametrize("switch", sorted(SWITCHES))
+# Every switch on Llama and GPT-2 (absolute positions); the default on the other families.
+SWITCH_GRID = (
+    [
+        (a, s)
+        for a in ("llama", "gpt2")
+        for s in sorted(SWITCHES)
+        if (a, s) != ("gpt2", "paired attention")
+    ]
+    + [(a, "all on") for a in sorted(MODELS) if a not in ("llama", "gpt2")]
+    + [
+        ("qwen2", "paired attention"),
+        ("gemma3-wide-window", "paired attention"),
+    ]
+)
+
+
+def test_paired_attention_refuses_a_model_it_cannot_run():
+    with pytest.raises(ValueError, match="attention='paired' cannot run"):
+        list(
+            extract_pairs(
+                _tiny_gpt2(), tiny_tokenizer(), _pairs(1), ExtractConfig(attention="paired")
+            )
+        )
+
+
+@pytest.mark.parametrize("arch,switch", SWITCH_GRID)
 def test_every_switch_matches_separate_forwards(arch, switch):
     model, tok = MODELS[arch](), tiny_tokenizer()
     pairs = _system_pairs() + _pairs(4)
