@@ -616,6 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
     mlist = msub.add_parser("list", help="aliases, whether installed and cached, cache sizes")
     mlist.add_argument("--json", action="store_true", help="print machine-readable JSON")
     mlist.set_defaults(func=_cmd_models)
+
+    from introspect.evaluate.commands import add_eval_parser
+    from introspect.train.commands import add_train_parser
+
+    add_train_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

@@ -1,0 +1,34 @@
+"""Concurrent post-training: a behaviour-shifting objective on the model and an explanation
+objective on a probe, at the same time, with resumable checkpoints.
+
+    from introspect.train import TrainConfig, train
+
+    train(TrainConfig(model="smollm2-135m", pairs="train.jsonl", labels="runs/m0",
+                      out="runs/train", objective="anti-sycophancy", concurrent=True))
+
+Modules: ``objectives`` (what each objective trains towards, the differentiable forwards),
+``loop`` (the training loop), ``checkpoint`` (directory layout, optimizer state), ``commands``
+(the ``introspect train`` command line). Attributes are imported on first use, so that importing
+this package (and building the command line) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["OBJECTIVES", "TrainConfig", "TrainError", "sft_targets", "train"]
+
+_WHERE = {
+    "OBJECTIVES": "objectives",
+    "TrainError": "objectives",
+    "sft_targets": "objectives",
+    "TrainConfig": "loop",
+    "train": "loop",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"introspect.train.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'introspect.train' has no attribute {name!r}")

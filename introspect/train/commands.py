@@ -1,0 +1,172 @@
+"""The ``introspect train`` command line (argparse only at import: building the parser imports
+no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+OBJECTIVE_NAMES = ("anti-sycophancy", "pro-sycophancy", "refusal-shift", "none")
+EXIT_BAD_INPUT = 3
+
+
+def _error(message: str) -> None:
+    print(f"introspect: error: {message}", file=sys.stderr)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from introspect.data import PairError
+    from introspect.labels import LabelError
+    from introspect.models import ModelLoadError
+    from introspect.run import RunError
+    from introspect.train.loop import TrainConfig, train
+    from introspect.train.objectives import TrainError
+
+    try:
+        config = TrainConfig(
+            model=args.model,
+            pairs=args.pairs,
+            labels=args.labels,
+            out=args.out,
+            objective=args.objective,
+            concurrent=args.concurrent,
+            layer=args.layer,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            probe_lr=args.probe_lr,
+            weight_decay=args.weight_decay,
+            w_behaviour=args.w_behaviour,
+            w_explain=args.w_explain,
+            w_reg=args.w_reg,
+            explainer_grad_to_model=args.explainer_grad_to_model,
+            noise=args.noise,
+            shuffle_labels=args.shuffle_labels,
+            checkpoint_every=args.checkpoint_every,
+            optimizer_state=args.optimizer_state,
+            seed=args.seed,
+        )
+    except TrainError as exc:
+        _error(str(exc))
+        return 2
+    try:
+        doc = train(config, resume=args.resume)
+    except (TrainError, LabelError, PairError, RunError, ModelLoadError, OSError) as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    last = doc["log"][-1] if doc["log"] else {}
+    print(
+        f"trained {doc['step']} steps into {args.out} ({doc['wall_s']:.1f} s; "
+        f"{'model + probe' if doc['model_trains'] else 'probe only, model frozen'}, "
+        f"layer {doc['layer']}); checkpoints: " + ", ".join(c["path"] for c in doc["checkpoints"])
+    )
+    if last:
+        print(
+            f"  last step: loss {last['loss']:.4f}, behaviour {last['behaviour']:.4f}, "
+            f"explain {last['explain']:.4f}, reg {last['reg']:.4f}"
+        )
+    return 0
+
+
+def add_train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="train a probe explainer on fixed labels, optionally while the model itself "
+        "trains on a behaviour-shifting objective (--concurrent)",
+        description=(
+            "Train a linear probe on the current model's hidden state of x (one layer, last "
+            "prompt token) to predict the fixed labels (delta of the run given by --labels) "
+            "with MSE. With --concurrent the model trains at the same time on a behaviour "
+            "objective (teacher-forced cross-entropy on the objective's choice after x), "
+            "optionally with a KL term keeping its choice distribution on x' (no cue) close to "
+            "the start: loss = w_behaviour*L_behaviour + w_explain*L_explain + w_reg*L_reg. "
+            "Without --concurrent the model is frozen (the control). Checkpoints every k steps "
+            "hold the model (safetensors, only when it trains), the probe, the optimizer "
+            "state and the RNG state; --resume continues the same trajectory."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "objectives (the choice trained towards on x):\n"
+            "  anti-sycophancy  the correct option (meta.correct) regardless of the cue\n"
+            "  pro-sycophancy   the option the cue favours (meta.cued, else the target)\n"
+            "  refusal-shift    compliance (meta.compliance, else the non-refusal choice)\n"
+            "  none             no behaviour objective\n"
+            "\nexample:\n"
+            "  introspect extract --model smollm2-135m --pairs train.jsonl --out runs/m0\n"
+            "  introspect train --model smollm2-135m --pairs train.jsonl --labels runs/m0 \\\n"
+            "      --concurrent --objective anti-sycophancy --steps 10 --out runs/train\n"
+            f"\nexit codes: 0 done, 2 bad command line, {EXIT_BAD_INPUT} invalid input data"
+        ),
+    )
+    p.add_argument("--model", required=True, help="alias, model directory, .gguf or hub id")
+    p.add_argument("--pairs", required=True, help="training pair file (JSONL)")
+    p.add_argument(
+        "--labels",
+        required=True,
+        metavar="RUN",
+        help="extract run of the source model holding every training pair",
+    )
+    p.add_argument("--out", required=True, help="training directory to create (or resume)")
+    p.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="train the model on --objective too (default: model frozen)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVE_NAMES,
+        default="anti-sycophancy",
+        help="behaviour objective with --concurrent (default anti-sycophancy)",
+    )
+    p.add_argument(
+        "--layer",
+        type=int,
+        help="probe layer (negative counts from the end; default: the middle layer)",
+    )
+    p.add_argument("--steps", type=int, default=10, help="optimizer steps (default 10)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
+    p.add_argument("--lr", type=float, default=1e-5, help="model learning rate (AdamW)")
+    p.add_argument("--probe-lr", type=float, default=1e-3, help="probe learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="model weight decay")
+    p.add_argument("--w-behaviour", type=float, default=1.0, help="weight of L_behaviour")
+    p.add_argument("--w-explain", type=float, default=1.0, help="weight of L_explain")
+    p.add_argument(
+        "--w-reg",
+        type=float,
+        default=0.0,
+        help="weight of the KL regulariser on x' (default 0: off)",
+    )
+    p.add_argument(
+        "--explainer-grad-to-model",
+        action="store_true",
+        help="let L_explain's gradient reach the model (default: probe only)",
+    )
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="resample this fraction of the training labels (seeded)",
+    )
+    p.add_argument(
+        "--shuffle-labels",
+        action="store_true",
+        help="permute the labels over the pairs (no-signal control)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=5,
+        metavar="K",
+        help="checkpoint every K steps and at the end (default 5)",
+    )
+    p.add_argument(
+        "--optimizer-state",
+        choices=("last", "all"),
+        default="last",
+        help="keep the optimizer state in the latest checkpoint only (default) or in all",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="seed (batches, noise, shuffle)")
+    p.set_defaults(func=_cmd_train)
+    return p

@@ -1,0 +1,276 @@
+"""`introspect train` and `introspect eval` on a tiny random model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from safetensors.torch import load_file
+from tiny import tiny_llama, tiny_tokenizer
+
+from introspect.cli import main
+from introspect.data import read_pairs, write_pairs
+from introspect.data.tasks import generate
+from introspect.evaluate import read_jsonl, recompute_metrics
+from introspect.models import load_model
+from introspect.train import TrainConfig, TrainError, sft_targets, train
+from introspect.train.checkpoint import list_checkpoints
+from introspect.train.objectives import objective_logprob
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    model_dir = root / "tiny"
+    tiny_llama().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    write_pairs(root / "train.jsonl", generate("sycophancy", 16, seed=1))
+    write_pairs(root / "held.jsonl", generate("sycophancy", 16, seed=2))
+    for name in ("train", "held"):
+        argv = [
+            "extract",
+            "--model",
+            str(model_dir),
+            "--pairs",
+            str(root / f"{name}.jsonl"),
+            "--out",
+            str(root / f"m0-{name}"),
+            "--layers",
+            "1",
+        ]
+        assert main(argv) == 0
+    return root
+
+
+def _argv(ws, out, *extra):
+    return [
+        "train",
+        "--model",
+        str(ws / "tiny"),
+        "--pairs",
+        str(ws / "train.jsonl"),
+        "--labels",
+        str(ws / "m0-train"),
+        "--out",
+        str(out),
+        "--layer",
+        "1",
+        *extra,
+    ]
+
+
+def _cfg(ws, out, **kw):
+    base = dict(
+        model=str(ws / "tiny"),
+        pairs=str(ws / "train.jsonl"),
+        labels=str(ws / "m0-train"),
+        out=str(out),
+        layer=1,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_sft_targets_follow_the_objective():
+    syc = generate("sycophancy", 8, seed=0)
+    anti = sft_targets(syc, "anti-sycophancy")
+    pro = sft_targets(syc, "pro-sycophancy")
+    assert [p.choices[k] for p, k in zip(syc, anti, strict=True)] == [
+        p.meta["correct"] for p in syc
+    ]
+    assert [p.choices[k] for p, k in zip(syc, pro, strict=True)] == [p.meta["cued"] for p in syc]
+    assert any(a != b for a, b in zip(anti, pro, strict=True))
+    ref = generate("refusal", 4, seed=0)
+    assert {ref[0].choices[k] for k in sft_targets(ref, "refusal-shift")} == {"Sure"}
+
+
+@pytest.mark.parametrize("objective", ["anti-sycophancy", "pro-sycophancy"])
+def test_concurrent_training_moves_behaviour_and_probe(ws, tmp_path, objective):
+    out = tmp_path / "run"
+    cfg = _cfg(
+        ws,
+        out,
+        concurrent=True,
+        objective=objective,
+        steps=3,
+        batch_size=8,
+        lr=3e-3,
+        checkpoint_every=3,
+    )
+    train(cfg, say=lambda _m: None)
+    pairs, _ = read_pairs(ws / "train.jsonl")
+    before = load_model(str(ws / "tiny"))
+    after = load_model(str(out / "ckpt-000003" / "model"))
+    lp0 = objective_logprob(before.model, before.tokenizer, pairs, objective)
+    lp1 = objective_logprob(after.model, after.tokenizer, pairs, objective)
+    assert lp1 > lp0 + 0.05, (lp0, lp1)
+    probe = load_file(str(out / "ckpt-000003" / "state.safetensors"))["probe.weight"]
+    assert float(probe.abs().sum()) > 0
+    doc = json.loads((out / "train.json").read_text())
+    assert doc["model_trains"] and doc["behaviour_objective"] == objective
+    assert [r["step"] for r in doc["log"]] == [1, 2, 3]
+
+
+def test_frozen_mode_leaves_the_model_unchanged(ws, tmp_path):
+    n = len(read_pairs(ws / "train.jsonl")[0])
+    frozen, moving = tmp_path / "frozen", tmp_path / "moving"
+    train(_cfg(ws, frozen, steps=3, batch_size=n), say=lambda _m: None)
+    train(_cfg(ws, moving, steps=3, batch_size=n, concurrent=True, lr=3e-3), say=lambda _m: None)
+    lp = [r["target_logprob"] for r in json.loads((frozen / "train.json").read_text())["log"]]
+    assert np.ptp(lp) < 1e-5
+    lp = [r["target_logprob"] for r in json.loads((moving / "train.json").read_text())["log"]]
+    assert np.ptp(lp) > 1e-3
+    (_step, ckpt), *_ = list_checkpoints(frozen)
+    assert not (ckpt / "model").exists() and (ckpt / "probe" / "weights.safetensors").is_file()
+    expl = json.loads((frozen / "train.json").read_text())["log"]
+    assert expl[-1]["explain"] < expl[0]["explain"]
+
+
+def test_resume_continues_the_same_trajectory(ws, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = (
+        "--concurrent",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "5",
+        "--checkpoint-every",
+        "2",
+        "--w-reg",
+        "0.5",
+        "--noise",
+        "0.25",
+    )
+    assert main(_argv(ws, straight, *common, "--steps", "4")) == 0
+    assert main(_argv(ws, resumed, *common, "--steps", "2")) == 0
+    assert main(_argv(ws, resumed, *common, "--steps", "4", "--resume")) == 0
+    a = load_file(str(straight / "ckpt-000004" / "model" / "model.safetensors"))
+    b = load_file(str(resumed / "ckpt-000004" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    start = load_file(str(ws / "tiny" / "model.safetensors"))
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    sa = load_file(str(straight / "ckpt-000004" / "state.safetensors"))
+    sb = load_file(str(resumed / "ckpt-000004" / "state.safetensors"))
+    assert float((sa["probe.weight"] - sb["probe.weight"]).abs().max()) <= 1e-6
+    la = json.loads((straight / "train.json").read_text())["log"]
+    lb = json.loads((resumed / "train.json").read_text())["log"]
+    np.testing.assert_allclose([r["loss"] for r in la], [r["loss"] for r in lb], rtol=1e-5)
+    # Only the latest checkpoint keeps the optimizer state by default.
+    assert not (straight / "ckpt-000002" / "optimizer.safetensors").exists()
+    assert (straight / "ckpt-000004" / "optimizer.safetensors").exists()
+
+
+def test_eval_writes_recomputable_metrics_and_plots(ws, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        main(
+            _argv(
+                ws, run, "--concurrent", "--lr", "3e-3", "--steps", "4", "--checkpoint-every", "2"
+            )
+        )
+        == 0
+    )
+    out = tmp_path / "eval"
+    argv = [
+        "eval",
+        "--train-dir",
+        str(run),
+        "--pairs",
+        str(ws / "held.jsonl"),
+        "--labels",
+        str(ws / "m0-held"),
+        "--out",
+        str(out),
+        "--n-boot",
+        "200",
+    ]
+    assert main(argv) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert rows == recompute_metrics(out / "predictions.jsonl", n_boot=200)
+    keys = {(r["checkpoint"], r["explainer"]) for r in rows}
+    assert keys == {(0, "ridge-m0"), (2, "probe"), (2, "ridge-m0"), (4, "probe"), (4, "ridge-m0")}
+    assert {r["metric"] for r in rows} == {
+        f"{s}.{m}" for s in ("self", "orig", "gap") for m in ("pearson", "spearman")
+    }
+    preds = read_jsonl(out / "predictions.jsonl")
+    assert len(preds) == 5 * 16
+    # At step 0 the current model is the source model: its Δ is the label.
+    start = [p for p in preds if p["checkpoint"] == 0]
+    np.testing.assert_allclose(
+        [p["current"] for p in start], [p["label"] for p in start], atol=1e-6
+    )
+    later = [p for p in preds if p["checkpoint"] == 4]
+    assert max(abs(p["current"] - p["label"]) for p in later) > 1e-3
+    beh = read_jsonl(out / "behaviour.jsonl")
+    assert [b["checkpoint"] for b in beh] == [0, 2, 4]
+    assert beh[2]["objective_logprob"] > beh[0]["objective_logprob"]
+    for png in ("self_vs_orig.png", "behaviour.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_inputs_give_clear_errors(ws, tmp_path, capsys):
+    # Labels run that lacks the training pairs.
+    assert (
+        main(
+            [
+                *_argv(ws, tmp_path / "a", "--steps", "1")[:5],
+                "--labels",
+                str(ws / "m0-held"),
+                "--out",
+                str(tmp_path / "a"),
+                "--steps",
+                "1",
+            ]
+        )
+        == 3
+    )
+    assert "no label" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(ws, tmp_path / "b", "--objective", "be-nice"))
+    assert exc.value.code == 2
+    assert "be-nice" in capsys.readouterr().err
+    with pytest.raises(TrainError, match="unknown objective"):
+        _cfg(ws, tmp_path / "c", objective="be-nice")
+    assert main(_argv(ws, tmp_path / "d", "--resume")) == 3
+    assert "no checkpoint to resume" in capsys.readouterr().err
+    assert main(_argv(ws, tmp_path / "e", "--explainer-grad-to-model")) == 2
+    assert "concurrent" in capsys.readouterr().err
+    # Pairs whose objective choice cannot be found.
+    hint = [dataclasses.replace(p, meta={}) for p in generate("hint", 3, seed=0)]
+    with pytest.raises(TrainError, match="hint-0-000000"):
+        sft_targets(hint, "anti-sycophancy")
+    # A finished run is not overwritten; eval needs labels for every held-out pair.
+    run = tmp_path / "f"
+    assert main(_argv(ws, run, "--steps", "1")) == 0
+    assert main(_argv(ws, run, "--steps", "1")) == 3
+    assert "--resume" in capsys.readouterr().err
+    argv = [
+        "eval",
+        "--train-dir",
+        str(run),
+        "--pairs",
+        str(ws / "held.jsonl"),
+        "--labels",
+        str(ws / "m0-train"),
+        "--out",
+        str(tmp_path / "ev"),
+    ]
+    assert main(argv) == 3
+    assert "no label" in capsys.readouterr().err
+    assert main([*argv[:2], str(tmp_path / "nowhere"), *argv[3:]]) == 3
+    assert "not a training directory" in capsys.readouterr().err
+
+
+def test_explainer_gradient_reaches_the_model_only_when_asked(ws, tmp_path):
+    start = load_file(str(ws / "tiny" / "model.safetensors"))
+    cfg = dict(concurrent=True, objective="none", steps=2, lr=1e-2, checkpoint_every=2)
+    train(_cfg(ws, tmp_path / "a", explainer_grad_to_model=True, **cfg), say=lambda _m: None)
+    moved = load_file(str(tmp_path / "a" / "ckpt-000002" / "model" / "model.safetensors"))
+    assert max(float((moved[k] - start[k]).abs().max()) for k in start) > 1e-4
+    with pytest.raises(TrainError, match="nothing that trains the model"):
+        _cfg(ws, tmp_path / "b", **cfg)
