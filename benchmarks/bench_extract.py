@@ -44,10 +44,11 @@ def naive(model, tokenizer, pairs, layers, batch_pairs: int):
         chunk = pairs[start : start + batch_pairs]
         per_side = []
         for side in ("x", "mod"):
-            seqs, reads = [], []
+            seqs, reads, ends = [], [], []
             for p in chunk:
                 enc = encode(tokenizer, p.x if side == "x" else p.x_mod, p.choices)
                 n = len(enc.prompt_ids)
+                ends.append((len(seqs), n - 1))  # the pair's last prompt token
                 if all(len(c) == 1 for c in enc.choice_ids):
                     reads.append([[(len(seqs), n - 1, c[0])] for c in enc.choice_ids])
                     seqs.append(list(enc.prompt_ids))
@@ -70,16 +71,16 @@ def naive(model, tokenizer, pairs, layers, batch_pairs: int):
             for p, item in zip(chunk, reads, strict=True):
                 lp = torch.tensor([sum(float(logp[r, c, t]) for r, c, t in rd) for rd in item])
                 vals.append(behaviour_value(lp, p.choices.index(p.target)))
-            last = mask.sum(1) - 1
-            hs = {
-                layer: out.hidden_states[layer + 1][torch.arange(len(seqs)), last]
-                for layer in layers
-            }
+            at_r = torch.tensor([r for r, _ in ends])
+            at_c = torch.tensor([c for _, c in ends])
+            hs = {layer: out.hidden_states[layer + 1][at_r, at_c] for layer in layers}
             per_side.append((vals, hs))
         f_x += per_side[0][0]
         f_mod += per_side[1][0]
-        hidden.append(per_side[0][1])
-    return np.array(f_x), np.array(f_mod), tokens
+        hidden.append({(layer, side): per_side[i][1][layer] for layer in layers
+                       for i, side in enumerate(("x", "mod"))})  # fmt: skip
+    hidden = {k: torch.cat([h[k] for h in hidden]).float().numpy() for k in hidden[0]}
+    return np.array(f_x), np.array(f_mod), tokens, hidden
 
 
 FACTS = [
@@ -192,7 +193,25 @@ def engine(model, tokenizer, pairs, layers, autocast=None, **switches):
     res = list(extract_pairs(model, tokenizer, pairs, config, autocast=autocast))
     f_x = np.concatenate([r.f_x for r in res])
     f_mod = np.concatenate([r.f_mod for r in res])
-    return f_x, f_mod, sum(r.tokens_unique for r in res)
+    hidden = {
+        (layer, side): np.concatenate([r.hidden[(layer, "last", side)] for r in res])
+        for layer in layers
+        for side in ("x", "mod")
+    }
+    return f_x, f_mod, sum(r.tokens_unique for r in res), hidden
+
+
+def max_rel_err(a: dict, b: dict, n_layers: int) -> float:
+    """Largest per-row relative error ||a - b|| / ||b|| over the captured states (HF reports
+    the last layer after the final norm, the engine before it: that layer is not compared)."""
+    worst = 0.0
+    for key in b:
+        if key[0] == n_layers - 1:
+            continue
+        num = np.linalg.norm(a[key] - b[key], axis=1)
+        den = np.maximum(np.linalg.norm(b[key], axis=1), 1e-30)
+        worst = max(worst, float((num / den).max()))
+    return worst
 
 
 def _timed(fn, rounds, warmup=None):
@@ -340,7 +359,7 @@ def main(argv=None) -> int:
             pairs = multi_feature_pairs(max(1, args.n // 6))
         else:
             pairs = generate(task, args.n, seed=0)
-        tn, (nx, nm, naive_tokens), naive_mem = _timed(
+        tn, (nx, nm, naive_tokens, naive_hidden), naive_mem = _timed(
             lambda pairs=pairs: naive(model, tok, pairs, layers, args.batch_pairs),
             args.rounds,
             warmup=lambda pairs=pairs: naive(model, tok, pairs[:8], layers, args.batch_pairs),
@@ -360,7 +379,7 @@ def main(argv=None) -> int:
 
                 run_model = copy.deepcopy(model).to(torch.bfloat16)
             autocast = precision.autocast_dtype(mode)
-            te, (ex, em, unique_tokens), mem = _timed(
+            te, (ex, em, unique_tokens, hidden), mem = _timed(
                 lambda m=run_model, a=autocast, sw=switches, pairs=pairs: engine(
                     m, tok, pairs, layers, a, **sw
                 ),
@@ -391,6 +410,7 @@ def main(argv=None) -> int:
                 "engine_GFLOPs": gflops,
                 "fraction_of_gemm_peak": gflops / peak,
                 "max_abs_delta_diff": float(np.abs(d - d_naive).max()),
+                "max_hidden_rel_err": max_rel_err(hidden, naive_hidden, lm.n_layers),
                 "pearson_vs_fp32": fid["pearson"] if fid else 1.0,
                 "max_abs_err_vs_fp32": fid["max_abs_error"] if fid else 0.0,
                 "naive_peak_mb": naive_mem,
@@ -402,7 +422,8 @@ def main(argv=None) -> int:
                 f"pairs/s  engine {row['engine_pairs_per_s']:6.2f} pairs/s  "
                 f"x{row['speedup']:.2f}  tokens {unique_tokens}/{naive_tokens}  "
                 f"{gflops:.0f} GFLOP/s ({row['fraction_of_gemm_peak']:.2f} of GEMM)  "
-                f"max|dDelta| {row['max_abs_delta_diff']:.1e}  r={row['pearson_vs_fp32']:.4f}  "
+                f"max|dDelta| {row['max_abs_delta_diff']:.1e}  "
+                f"hidden rel {row['max_hidden_rel_err']:.1e}  r={row['pearson_vs_fp32']:.4f}  "
                 f"peak {mem if mem is None else round(mem)} MB (naive "
                 f"{naive_mem if naive_mem is None else round(naive_mem)} MB)",
                 flush=True,
@@ -429,6 +450,7 @@ def main(argv=None) -> int:
                 ("engine_tokens_per_s", "tokens/s", ".0f"),
                 ("fraction_of_gemm_peak", "of GEMM", ".2f"),
                 ("max_abs_delta_diff", "max abs ΔΔ vs naive", ".1e"),
+                ("max_hidden_rel_err", "max hidden rel err", ".1e"),
                 ("pearson_vs_fp32", "r vs fp32", ".4f"),
                 ("engine_peak_mb", "peak MB", ".0f"),
                 ("naive_peak_mb", "naive peak MB", ".0f"),

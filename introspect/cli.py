@@ -606,8 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="fail",
         help="bad pair rows: stop (default) or skip and record them in the manifest",
     )
-    ext.add_argument("--row-tokens", type=int, default=512, help="positions per packed row")
-    ext.add_argument("--batch-tokens", type=int, default=4096, help="positions per forward")
+    ext.add_argument("--row-tokens", type=int, default=256, help="positions per packed row")
+    ext.add_argument("--batch-tokens", type=int, default=2048, help="positions per forward")
     ext.add_argument("--shard-rows", type=int, default=4096, help="pairs per shard file")
     ext.set_defaults(func=_cmd_extract)
 

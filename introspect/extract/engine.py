@@ -41,8 +41,8 @@ class ExtractConfig:
     layers: tuple[int, ...] = ()
     behaviour: str = "logodds"  # or "none": hidden states only, the forward stops early
     positions: tuple[str, ...] = ("last",)
-    row_tokens: int = 512  # positions per packed row
-    batch_tokens: int = 4096  # positions per forward (rows x width)
+    row_tokens: int = 256  # positions per packed row
+    batch_tokens: int = 2048  # positions per forward (rows x width)
     layout: str = "tree"
     share_rows: bool = True
     prefix_cache: bool = True
