@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from introspect._io import write_json_atomic
 
 __all__ = [
     "LabelError",
@@ -194,17 +195,7 @@ def save_labels(labels: Labels, path: str | os.PathLike) -> Path:
     if labels.kind == "scalar" and not np.isfinite(labels.values).all():
         values = [v if np.isfinite(v) else None for v in values]
     doc = {"source": labels.source, "kind": labels.kind, "ids": list(labels.ids), "values": values}
-    data = (json.dumps(doc, allow_nan=False) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json_atomic(path, doc)
     return path
 
 

@@ -17,12 +17,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from introspect._io import write_atomic
 
 __all__ = [
     "CONFIG_FILE",
@@ -186,20 +187,6 @@ def load(path: str | os.PathLike) -> Explainer:
 
 
 # ------------------------------------------------------------------------------------ files
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_meta(path: Path, config: ExplainerConfig, state: Mapping[str, Any]) -> None:

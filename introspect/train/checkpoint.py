@@ -27,11 +27,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from introspect._io import write_json_atomic
 
 __all__ = [
     "CKPT_RE",
@@ -66,17 +67,7 @@ def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Writes ``obj`` as JSON through a temporary file and a rename."""
-    data = (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json_atomic(path, obj, indent=1)
 
 
 def read_json(path: Path) -> Any:
