@@ -266,7 +266,7 @@ def extract_pairs(
 def check_tree_layout(model, tokenizer, pair: Pair, *, atol: float = 1e-4) -> str | None:
     """``None`` if ``model`` honours the packed 4D mask (the ``tree`` layout gives the same
     log-probabilities as running each sequence on its own on ``pair``), else why not."""
-    config = ExtractConfig(prefix_cache=False)
+    config = ExtractConfig(behaviour="logprob", prefix_cache=False)  # any number of choices
     try:
         tree = next(iter(extract_pairs(model, tokenizer, [pair], config)))
     except Exception as exc:  # an attention implementation that rejects the mask

@@ -105,7 +105,10 @@ class PrefixCache:
         with torch.inference_mode():
             out = _base(model)(input_ids=ids, use_cache=True, past_key_values=DynamicCache())
         cache = out.past_key_values
-        self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+        if hasattr(cache, "layers"):
+            self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+        else:  # transformers before the per-layer cache objects
+            self.kv = list(zip(cache.key_cache, cache.value_cache, strict=True))
         self._cache_cls = DynamicCache
 
     def __len__(self) -> int:

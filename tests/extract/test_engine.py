@@ -364,3 +364,13 @@ def test_bad_config_is_a_clear_error():
         ExtractConfig(layout="dense")
     with pytest.raises(ValueError, match="nothing to extract"):
         ExtractConfig(behaviour="none")
+
+
+def test_layout_check_accepts_single_choice_pairs():
+    from introspect.extract.engine import check_tree_layout
+
+    pair = Pair.from_json(
+        {"id": "one", "prompt": "hello world , I think paris", "remove": ["I think"],
+         "choices": [" city"], "target": " city"}
+    )  # fmt: skip
+    assert check_tree_layout(tiny_llama(), tiny_tokenizer(), pair) is None
