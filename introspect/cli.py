@@ -622,6 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_eval_parser(sub)
+
+    from introspect.experiment.commands import add_experiment_parser
+
+    add_experiment_parser(sub)
     return parser
 
 

@@ -1,0 +1,33 @@
+"""End-to-end experiments built from the extract, train and eval layers.
+
+    from introspect.experiment import ExperimentConfig, run_coupling
+
+    run_coupling(ExperimentConfig.from_preset("quick", model="smollm2-135m",
+                                              tasks=("sycophancy",), out="runs/coupling"))
+
+``coupling`` runs the introspective-coupling protocol stage by stage (pairs, fixed labels,
+training under each condition, evaluation per checkpoint, report) with a resumable
+``state.json``; ``report`` writes ``report.md``; ``commands`` is the ``introspect experiment``
+command line. Attributes are imported on first use, so that building the command line imports no
+torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["PRESETS", "ExperimentConfig", "ExperimentError", "run_coupling"]
+
+_WHERE = {
+    "PRESETS": "coupling",
+    "ExperimentConfig": "coupling",
+    "ExperimentError": "coupling",
+    "run_coupling": "coupling",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"introspect.experiment.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'introspect.experiment' has no attribute {name!r}")

@@ -1,0 +1,145 @@
+"""The ``introspect experiment`` command line (argparse only at import: building the parser
+imports no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_BAD_INPUT = 3
+
+
+def _error(message: str) -> None:
+    print(f"introspect: error: {message}", file=sys.stderr)
+
+
+def _pair_files(items: list[str] | None) -> dict[str, tuple[str, str]]:
+    out = {}
+    for item in items or []:
+        task, sep, rest = item.partition("=")
+        train, sep2, held = rest.partition(",")
+        if not (sep and sep2 and task and train and held):
+            raise ValueError(f"--pairs expects TASK=TRAIN.jsonl,HELD.jsonl, got {item!r}")
+        out[task] = (train, held)
+    return out
+
+
+def _cmd_coupling(args: argparse.Namespace) -> int:
+    import time
+
+    from introspect.data import PairError
+    from introspect.evaluate.checkpoints import EvalError
+    from introspect.experiment.coupling import ExperimentConfig, ExperimentError, run_coupling
+    from introspect.labels import LabelError
+    from introspect.models import ModelLoadError, NoChatTemplateError
+    from introspect.run import RunError
+    from introspect.train.objectives import TrainError
+
+    tasks = [t.strip() for t in (args.tasks or args.task).split(",") if t.strip()]
+    try:
+        cfg = ExperimentConfig.from_preset(
+            args.preset,
+            model=args.model,
+            out=args.out,
+            tasks=tuple(tasks),
+            seed=args.seed,
+            label_model=args.label_model,
+            n_train=args.n_train,
+            n_held=args.n_held,
+            steps=args.steps,
+            checkpoint_every=args.checkpoint_every,
+            n_boot=args.n_boot,
+            layer=args.layer,
+            pair_files=_pair_files(args.pairs),
+        )
+    except (ExperimentError, ValueError) as exc:
+        _error(str(exc))
+        return 2
+    t0 = time.perf_counter()
+    try:
+        run_coupling(cfg, resume=args.resume)
+    except ExperimentError as exc:
+        _error(str(exc))
+        return 2
+    except (
+        EvalError,
+        LabelError,
+        PairError,
+        RunError,
+        ModelLoadError,
+        NoChatTemplateError,
+        TrainError,
+        OSError,
+    ) as exc:
+        _error(f"{exc} (completed stages are kept: fix the cause and pass --resume)")
+        return EXIT_BAD_INPUT
+    print(
+        f"coupling experiment done in {time.perf_counter() - t0:.1f} s; report: "
+        f"{args.out}/report.md"
+    )
+    return 0
+
+
+def add_experiment_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "experiment",
+        help="run a whole experiment protocol (extract, train, eval, report)",
+        description="Run a whole experiment protocol from the library's extract, train and "
+        "eval functions, with a resumable state and a markdown report.",
+    )
+    esub = p.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", required=True)
+    c = esub.add_parser(
+        "coupling",
+        help="introspective coupling: Self vs Orig under concurrent post-training",
+        description=(
+            "Generate training and held-out pairs, extract the starting model's delta (the "
+            "fixed labels), train a probe explainer on them while the model trains on a "
+            "behaviour-shifting objective (anti-sycophancy for sycophancy and hint, "
+            "refusal-shift for refusal), and as controls with the model frozen and with "
+            "shuffled labels, with label noise and with labels from another model; at every "
+            "checkpoint re-extract the current delta on the held-out pairs and score Self and "
+            "Orig with bootstrap intervals. Writes OUT/report.md (figures, the table of Self, "
+            "Orig and the gap per condition, wall time per stage, and which claims held). "
+            "OUT/state.json lists the completed stages; --resume skips them."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "presets:\n"
+            "  quick  64 training / 64 held-out pairs, 8 steps; all conditions on the first task,\n"
+            "         concurrent + frozen on the others (about 10 minutes on 2 CPU cores, 135M)\n"
+            "  full   384 / 192 pairs, 48 steps, all conditions on every task (about 90 minutes)\n"
+            "\nexample:\n"
+            "  introspect experiment coupling --model smollm2-135m --task sycophancy \\\n"
+            "      --out runs/coupling --preset quick\n"
+            f"\nexit codes: 0 done, 2 bad command line or settings, {EXIT_BAD_INPUT} invalid "
+            "input data"
+        ),
+    )
+    c.add_argument("--model", required=True, help="alias, model directory, .gguf or hub id")
+    c.add_argument("--task", default="sycophancy", help="task (default sycophancy)")
+    c.add_argument(
+        "--tasks", help="comma-separated tasks, e.g. sycophancy,refusal (overrides --task)"
+    )
+    c.add_argument("--out", required=True, help="experiment directory to create (or resume)")
+    c.add_argument("--preset", choices=("quick", "full"), default="quick", help="sizes")
+    c.add_argument("--seed", type=int, default=0, help="seed of pairs, training and bootstrap")
+    c.add_argument(
+        "--label-model",
+        help="also train on the delta of this model (another family); skipped with the reason "
+        "when it cannot be loaded",
+    )
+    c.add_argument("--resume", action="store_true", help="skip the stages already completed")
+    c.add_argument("--n-train", type=int, help="training pairs per task (preset's by default)")
+    c.add_argument("--n-held", type=int, help="held-out pairs per task")
+    c.add_argument("--steps", type=int, help="training steps per condition")
+    c.add_argument("--checkpoint-every", type=int, metavar="K", help="checkpoint every K steps")
+    c.add_argument("--n-boot", type=int, help="bootstrap replicates")
+    c.add_argument("--layer", type=int, help="probe layer (default: the middle layer)")
+    c.add_argument(
+        "--pairs",
+        action="append",
+        metavar="TASK=TRAIN,HELD",
+        help="use these pair files for TASK instead of generating pairs",
+    )
+    c.set_defaults(func=_cmd_coupling)
+    return p

@@ -1,0 +1,530 @@
+"""The introspective-coupling experiment, end to end, as resumable stages.
+
+For each task:
+
+1. ``pairs``: generate ``n_train + n_held`` pairs (or read the given pair files) and split them
+   into training and held-out pairs;
+2. ``labels``: extract the starting model M0's Δ on all of them (the fixed labels), and, with a
+   ``label_model``, that model's Δ (labels from another family; when that model cannot be loaded
+   the stage and its condition are recorded as skipped, with the reason);
+3. ``train-<condition>``: train the probe explainer on the fixed labels (:func:`introspect.train
+   .train`) while the model trains on the task's behaviour-shifting objective (``concurrent``),
+   with the model frozen (``frozen``), with shuffled labels (``shuffled``), with label noise
+   (``noise-<p>``) or with the other model's labels (``label-<model>``);
+4. ``eval-<condition>``: re-extract the current model's Δ on the held-out pairs at every
+   checkpoint and score Self and Orig (:func:`introspect.evaluate.checkpoints
+   .evaluate_training`).
+
+Then ``report`` writes ``report.md`` from the evaluations' ``metrics.jsonl`` rows.
+
+``state.json`` in the output directory lists the completed stages with their wall time; a run
+started again with ``resume=True`` skips them, and a stage that was interrupted is redone from
+scratch (its directory is removed first). Everything is seeded: the same configuration on the
+same machine gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from introspect._io import write_json_atomic
+
+__all__ = [
+    "OBJECTIVE_OF_TASK",
+    "PRESETS",
+    "Condition",
+    "ExperimentConfig",
+    "ExperimentError",
+    "conditions_for",
+    "plan_stages",
+    "run_coupling",
+]
+
+STATE_JSON = "state.json"
+FORMAT_VERSION = 1
+
+OBJECTIVE_OF_TASK = {
+    "sycophancy": "anti-sycophancy",
+    "hint": "anti-sycophancy",
+    "refusal": "refusal-shift",
+}
+
+# Sizes and schedules. ``quick`` is the demo (about 10 minutes on a 2-core CPU with a 135M
+# model); ``full`` is designed for about 90 minutes there.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "n_train": 64,
+        "n_held": 64,
+        "steps": 8,
+        "batch_size": 8,
+        "checkpoint_every": 4,
+        "lr": 1e-4,
+        "n_boot": 500,
+        "noise_levels": (0.2, 0.5),
+        "all_conditions_for_every_task": False,
+    },
+    "full": {
+        "n_train": 384,
+        "n_held": 192,
+        "steps": 48,
+        "batch_size": 8,
+        "checkpoint_every": 16,
+        "lr": 3e-5,
+        "n_boot": 1000,
+        "noise_levels": (0.2, 0.5),
+        "all_conditions_for_every_task": True,
+    },
+}
+
+
+class ExperimentError(ValueError):
+    """Experiment settings that do not fit together, or an output directory in the way."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: str
+    out: str
+    tasks: tuple[str, ...] = ("sycophancy",)
+    preset: str = "quick"
+    seed: int = 0
+    label_model: str | None = None
+    n_train: int = 64
+    n_held: int = 64
+    steps: int = 8
+    batch_size: int = 8
+    checkpoint_every: int = 4
+    lr: float = 1e-4
+    probe_lr: float = 1e-3
+    n_boot: int = 500
+    noise_levels: tuple[float, ...] = (0.2, 0.5)
+    layer: int | None = None
+    all_conditions_for_every_task: bool = False
+    pair_files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    batch_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        from introspect.data.tasks import TASKS
+
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "noise_levels", tuple(float(p) for p in self.noise_levels))
+        problems = []
+        if not self.tasks:
+            problems.append("no task given")
+        for t in self.tasks:
+            if t not in TASKS:
+                problems.append(f"unknown task {t!r}; choose from {', '.join(sorted(TASKS))}")
+            elif t not in OBJECTIVE_OF_TASK:
+                problems.append(f"task {t!r} has no behaviour-shifting objective")
+        if len(set(self.tasks)) != len(self.tasks):
+            problems.append(f"a task is named twice: {','.join(self.tasks)}")
+        for name in ("n_train", "n_held", "steps", "batch_size", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_train < 2 or self.n_held < 3:
+            problems.append("at least 2 training and 3 held-out pairs are needed")
+        if self.n_boot < 0:
+            problems.append(f"n_boot must be >= 0, got {self.n_boot}")
+        for p in self.noise_levels:
+            if not 0.0 < p <= 1.0:
+                problems.append(f"noise levels lie in (0, 1]; got {p}")
+        for t in self.pair_files:
+            if t not in self.tasks:
+                problems.append(f"pair files given for {t!r}, which is not among the tasks")
+        if problems:
+            raise ExperimentError("; ".join(problems))
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> ExperimentConfig:
+        if preset not in PRESETS:
+            raise ExperimentError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values = {**PRESETS[preset], "preset": preset}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tasks"] = list(self.tasks)
+        d["noise_levels"] = list(self.noise_levels)
+        d["pair_files"] = {k: list(v) for k, v in self.pair_files.items()}
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it continues."""
+        d = self.to_json()
+        d.pop("out")
+        return d
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    concurrent: bool
+    noise: float = 0.0
+    shuffle: bool = False
+    labels: str = "m0"  # "m0" or "other" (the label model's Δ)
+    description: str = ""
+    # Checkpoints every ``checkpoint_every`` steps, each evaluated, and the start evaluated too;
+    # otherwise one checkpoint at the end (the model's trajectory is that of ``concurrent``).
+    trajectory: bool = False
+
+
+def _noise_name(p: float) -> str:
+    return f"noise-{p:g}"
+
+
+def conditions_for(cfg: ExperimentConfig, task: str) -> list[Condition]:
+    """The conditions run on ``task``: all of them on the first task (every task with
+    ``all_conditions_for_every_task``), else the concurrent run and the frozen control."""
+    conds = [
+        Condition(
+            "concurrent",
+            True,
+            description="model trains on the objective; clean labels",
+            trajectory=True,
+        ),
+        Condition("frozen", False, description="control: model frozen (Self = Orig)"),
+    ]
+    if task != cfg.tasks[0] and not cfg.all_conditions_for_every_task:
+        return conds
+    conds.append(
+        Condition("shuffled", True, shuffle=True, description="control: labels permuted over pairs")
+    )
+    for p in cfg.noise_levels:
+        conds.append(
+            Condition(_noise_name(p), True, noise=p, description=f"{p:.0%} of the labels resampled")
+        )
+    if cfg.label_model:
+        conds.append(
+            Condition(
+                f"label-{cfg.label_model}",
+                True,
+                labels="other",
+                description=f"labels: Δ of {cfg.label_model}",
+                trajectory=True,
+            )
+        )
+    return conds
+
+
+def plan_stages(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(name, kind, arguments)`` of every stage, in order."""
+    stages: list[tuple[str, str, dict[str, Any]]] = []
+    for task in cfg.tasks:
+        stages.append((f"{task}/pairs", "pairs", {"task": task}))
+        stages.append((f"{task}/labels-m0", "labels", {"task": task, "which": "m0"}))
+        if cfg.label_model:
+            stages.append((f"{task}/labels-other", "labels", {"task": task, "which": "other"}))
+        for cond in conditions_for(cfg, task):
+            stages.append((f"{task}/train-{cond.name}", "train", {"task": task, "cond": cond}))
+            stages.append((f"{task}/eval-{cond.name}", "eval", {"task": task, "cond": cond}))
+    stages.append(("report", "report", {}))
+    return stages
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _State:
+    """``state.json``: the configuration and the completed stages (written atomically)."""
+
+    def __init__(self, out: Path, cfg: ExperimentConfig, resume: bool):
+        self.path = out / STATE_JSON
+        if self.path.is_file():
+            if not resume:
+                raise ExperimentError(
+                    f"{out} already holds an experiment; pass --resume to continue it, or "
+                    "choose another --out"
+                )
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            if doc.get("identity") != cfg.identity():
+                old = doc.get("identity", {})
+                new = cfg.identity()
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise ExperimentError(
+                    f"{out}: cannot resume with different settings ({', '.join(diff)})"
+                )
+            self.doc = doc
+        else:
+            if out.exists() and any(out.iterdir()) and not resume:
+                raise ExperimentError(f"{out} exists and is not empty; choose another --out")
+            self.doc = {
+                "format_version": FORMAT_VERSION,
+                "identity": cfg.identity(),
+                "config": cfg.to_json(),
+                "stages": {},
+                "completed": [],
+            }
+        self.doc["config"] = cfg.to_json()
+
+    def done(self, name: str) -> bool:
+        return name in self.doc["completed"]
+
+    def record(self, name: str, seconds: float, **info: Any) -> None:
+        self.doc["stages"][name] = {"seconds": seconds, **info}
+        if name not in self.doc["completed"]:
+            self.doc["completed"].append(name)
+        self.save()
+
+    def info(self, name: str) -> dict[str, Any]:
+        return self.doc["stages"].get(name, {})
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.doc)
+
+
+def _extract_run(
+    lm,
+    model_spec: str,
+    pairs_path: Path,
+    out: Path,
+    layer: int,
+    batch_tokens: int,
+    say: Callable[[str], None] | None = None,
+):
+    """Δ and the layer's hidden states of every pair of ``pairs_path`` into the run ``out``."""
+    from dataclasses import replace
+
+    from introspect.data import read_pairs
+    from introspect.extract import ExtractConfig, extract_pairs
+    from introspect.extract.engine import PREFIX_WINDOW, check_tree_layout, shared_prefix
+    from introspect.run import RunWriter
+
+    pairs, _ = read_pairs(pairs_path)
+    config = ExtractConfig(layers=(layer,), batch_tokens=batch_tokens)
+    if check_tree_layout(lm.model, lm.tokenizer, pairs[0]) is not None:
+        config = replace(config, layout="paths")
+    prefix = shared_prefix(lm.tokenizer, pairs[:PREFIX_WINDOW])
+    writer = RunWriter(
+        out,
+        model_id=model_spec,
+        weights_hash=lm.weights_hash,
+        config={**config.to_json(), "dtype": "float32", "prefix_tokens": len(prefix)},
+        input_hash=_sha256(pairs_path),
+        layers=[layer],
+        positions=["last"],
+        hidden_size=lm.hidden_size,
+    )
+    t0, done, next_at = time.perf_counter(), 0, 0.0
+    for res in extract_pairs(lm.model, lm.tokenizer, pairs, config, prefix=prefix):
+        writer.add(res.ids, res.f_x, res.f_mod, res.hidden)
+        done += len(res.ids)
+        if say is not None and (done / len(pairs) >= next_at or done == len(pairs)):
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            eta = (len(pairs) - done) / max(rate, 1e-9)
+            say(f"extracting: {done}/{len(pairs)} ({rate:.1f} pairs/s, ETA {_fmt_s(eta)})")
+            next_at = done / len(pairs) + 0.25
+    writer.close()
+    return len(pairs)
+
+
+def run_coupling(
+    cfg: ExperimentConfig, *, resume: bool = False, say: Callable[[str], None] = _say
+) -> dict[str, Any]:
+    """Runs (or continues) the experiment into ``cfg.out``; returns the contents of
+    ``state.json``. Stages already completed are skipped when ``resume``."""
+    from introspect.data import read_pairs, write_pairs
+    from introspect.data.tasks import generate
+    from introspect.evaluate.checkpoints import evaluate_training
+    from introspect.models import ModelLoadError, NoChatTemplateError, load_model
+    from introspect.train import TrainConfig, train
+
+    out = Path(cfg.out)
+    state = _State(out, cfg, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    state.save()
+    stages = plan_stages(cfg)
+    t_run = time.perf_counter()
+    spent: dict[str, list[float]] = {}
+    for name, kind, _ in stages:
+        info = state.info(name)
+        if state.done(name) and not info.get("skipped"):
+            spent.setdefault(kind, []).append(float(info.get("seconds", 0.0)))
+    layer_of: dict[str, int] = {}
+
+    def eta(index: int) -> str:
+        rest = stages[index:]
+        known = [s for k, v in spent.items() if k != "pairs" for s in v]
+        if not known:
+            return "unknown"
+        mean_all = sum(known) / len(known)
+        total = 0.0
+        for name, kind, _ in rest:
+            if state.done(name):
+                continue
+            v = spent.get(kind)
+            total += (sum(v) / len(v)) if v else mean_all
+        return _fmt_s(total)
+
+    def main_layer() -> int:
+        if "main" not in layer_of:
+            lm = load_model(cfg.model, dtype="float32")
+            layer = cfg.layer if cfg.layer is not None else lm.n_layers // 2
+            if layer < 0:
+                layer += lm.n_layers
+            if not 0 <= layer < lm.n_layers:
+                raise ExperimentError(
+                    f"layer {cfg.layer} out of range: {cfg.model} has layers 0..{lm.n_layers - 1}"
+                )
+            layer_of["main"] = layer
+        return layer_of["main"]
+
+    def label_dir(task: str, which: str) -> Path:
+        return out / task / ("m0" if which == "m0" else "labels-other")
+
+    for index, (name, kind, args) in enumerate(stages):
+        if state.done(name):
+            say(f"[{index + 1}/{len(stages)}] {name}: done earlier, skipped")
+            continue
+        say(
+            f"[{index + 1}/{len(stages)}] {name}: start (elapsed "
+            f"{_fmt_s(time.perf_counter() - t_run)}, ETA {eta(index)})"
+        )
+        t0 = time.perf_counter()
+        info: dict[str, Any] = {}
+        task = args.get("task")
+        tdir = out / task if task else out
+        if kind == "pairs":
+            tdir.mkdir(parents=True, exist_ok=True)
+            if task in cfg.pair_files:
+                train_src, held_src = cfg.pair_files[task]
+                train_pairs, _ = read_pairs(train_src)
+                held_pairs, _ = read_pairs(held_src)
+            else:
+                pairs = generate(task, cfg.n_train + cfg.n_held, seed=cfg.seed)
+                train_pairs, held_pairs = pairs[: cfg.n_train], pairs[cfg.n_train :]
+            write_pairs(tdir / "train.jsonl", train_pairs)
+            write_pairs(tdir / "held.jsonl", held_pairs)
+            write_pairs(tdir / "all.jsonl", list(train_pairs) + list(held_pairs))
+            info.update(n_train=len(train_pairs), n_held=len(held_pairs))
+        elif kind == "labels":
+            which = args["which"]
+            dest = label_dir(task, which)
+            shutil.rmtree(dest, ignore_errors=True)
+            spec = cfg.model if which == "m0" else cfg.label_model
+            try:
+                lm = load_model(spec, dtype="float32")
+                layer = main_layer() if which == "m0" else lm.n_layers // 2
+                n = _extract_run(
+                    lm,
+                    spec,
+                    tdir / "all.jsonl",
+                    dest,
+                    layer,
+                    cfg.batch_tokens,
+                    say=lambda m, _n=name: say(f"  [{_n}] {m}"),
+                )
+                del lm
+            except (ModelLoadError, NoChatTemplateError) as exc:
+                if which == "m0":
+                    raise
+                shutil.rmtree(dest, ignore_errors=True)
+                reason = " ".join(str(exc).split())
+                say(f"  no labels from {spec}: {reason}; its condition is skipped")
+                state.record(name, time.perf_counter() - t0, skipped=reason)
+                continue
+            info.update(model=spec, n=n)
+        elif kind == "train":
+            cond: Condition = args["cond"]
+            which = cond.labels
+            lab_stage = f"{task}/labels-{which}"
+            skipped = state.info(lab_stage).get("skipped")
+            if skipped:
+                say(f"  skipped: the labels of {cfg.label_model} are missing ({skipped})")
+                state.record(name, 0.0, skipped=f"{cfg.label_model} not available: {skipped}")
+                continue
+            dest = tdir / f"train-{cond.name}"
+            shutil.rmtree(dest, ignore_errors=True)
+            tcfg = TrainConfig(
+                model=cfg.model,
+                pairs=str(tdir / "train.jsonl"),
+                labels=str(label_dir(task, which)),
+                out=str(dest),
+                objective=OBJECTIVE_OF_TASK[task],
+                concurrent=cond.concurrent,
+                layer=main_layer(),
+                steps=cfg.steps,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                probe_lr=cfg.probe_lr,
+                noise=cond.noise,
+                shuffle_labels=cond.shuffle,
+                checkpoint_every=cfg.checkpoint_every if cond.trajectory else cfg.steps,
+                seed=cfg.seed,
+            )
+            clock = {"steps_from": time.perf_counter(), "first": None}
+
+            def stage_say(msg: str, _name=name, _c=clock) -> None:
+                if msg.startswith("M0 pass"):
+                    _c["steps_from"] = time.perf_counter()
+                m = re.match(r"step (\d+)/(\d+)", msg)
+                if m:
+                    k, n = int(m.group(1)), int(m.group(2))
+                    if _c["first"] is None:
+                        _c["first"] = k - 1
+                    per = (time.perf_counter() - _c["steps_from"]) / max(k - _c["first"], 1)
+                    msg = f"{msg} (stage ETA {_fmt_s(per * (n - k))})"
+                say(f"  [{_name}] {msg}")
+
+            doc = train(tcfg, say=stage_say)
+            info.update(steps=doc["step"], layer=doc["layer"], train_s=doc["wall_s"])
+        elif kind == "eval":
+            cond = args["cond"]
+            train_name = f"{task}/train-{cond.name}"
+            skipped = state.info(train_name).get("skipped")
+            if skipped:
+                state.record(name, 0.0, skipped=skipped)
+                continue
+            dest = tdir / f"eval-{cond.name}"
+            shutil.rmtree(dest, ignore_errors=True)
+            summary = evaluate_training(
+                tdir / f"train-{cond.name}",
+                tdir / "held.jsonl",
+                label_dir(task, cond.labels),
+                dest,
+                n_boot=cfg.n_boot,
+                seed=cfg.seed,
+                include_start=cond.trajectory or not cond.concurrent,
+                batch_tokens=cfg.batch_tokens,
+                say=lambda m, _n=name: say(f"  [{_n}] {m}"),
+            )
+            info.update(checkpoints=summary["checkpoints"], n=summary["n"])
+        elif kind == "report":
+            from introspect.experiment.report import write_report
+
+            state.doc["wall_s_so_far"] = time.perf_counter() - t_run
+            path = write_report(out, cfg, state.doc, stages)
+            info.update(path=str(path.relative_to(out)))
+        seconds = time.perf_counter() - t0
+        spent.setdefault(kind, []).append(seconds)
+        state.record(name, seconds, **info)
+        say(f"[{index + 1}/{len(stages)}] {name}: done in {_fmt_s(seconds)}")
+    state.doc["complete"] = True
+    state.save()
+    return state.doc

@@ -1,0 +1,331 @@
+"""``report.md`` of a coupling experiment, from the evaluations' ``metrics.jsonl`` rows."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from introspect._io import write_json_atomic
+
+__all__ = ["collect_results", "final_rows", "verdict", "write_report"]
+
+METRIC = "pearson"
+EXPLAINERS = ("probe", "ridge-m0")
+
+
+def final_rows(rows: list[dict[str, Any]], explainer: str) -> dict[str, dict[str, Any]]:
+    """The ``self``/``orig``/``gap`` rows of ``explainer`` at its last checkpoint."""
+    mine = [r for r in rows if r["explainer"] == explainer and r["metric"].endswith(f".{METRIC}")]
+    if not mine:
+        return {}
+    last = max(r["checkpoint"] for r in mine)
+    return {r["metric"].split(".")[0]: r for r in mine if r["checkpoint"] == last}
+
+
+def collect_results(out: Path, stages, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per (task, condition): its last-checkpoint rows per explainer, the behaviour
+    rows, or why it was skipped."""
+    from introspect.evaluate import read_jsonl
+
+    results = []
+    for name, kind, args in stages:
+        if kind != "eval":
+            continue
+        task, cond = args["task"], args["cond"]
+        entry: dict[str, Any] = {"task": task, "condition": cond.name, "cond": cond}
+        info = state["stages"].get(name, {})
+        edir = out / task / f"eval-{cond.name}"
+        if info.get("skipped"):
+            entry["skipped"] = info["skipped"]
+        elif (edir / "metrics.jsonl").is_file():
+            rows = read_jsonl(edir / "metrics.jsonl")
+            entry["rows"] = {e: final_rows(rows, e) for e in EXPLAINERS}
+            entry["behaviour"] = read_jsonl(edir / "behaviour.jsonl")
+            entry["dir"] = edir.relative_to(out).as_posix()
+        else:
+            entry["skipped"] = "not evaluated"
+        results.append(entry)
+    return results
+
+
+def _ci(r: dict[str, Any] | None) -> str:
+    if not r or r.get("value") is None:
+        return "n/a"
+    s = f"{r['value']:+.3f}"
+    if r.get("lo") is not None and r.get("hi") is not None:
+        s += f" [{r['lo']:+.2f}, {r['hi']:+.2f}]"
+    return s
+
+
+def verdict(r: dict[str, Any] | None, *, expect: str = "positive") -> str:
+    """``supported`` when the 95% interval lies above 0 (below 0 with ``expect="negative"``...),
+    ``contradicted`` when it lies on the other side, else ``not supported``."""
+    if not r or r.get("value") is None or r.get("lo") is None or r.get("hi") is None:
+        return "undetermined (no interval)"
+    above, below = r["lo"] > 0, r["hi"] < 0
+    if expect == "positive":
+        if above:
+            return "supported"
+        return "contradicted" if below else "not supported"
+    if expect == "zero":
+        return "consistent" if not (above or below) else "not consistent"
+    raise ValueError(expect)
+
+
+def _claim(text: str, entry: dict[str, Any] | None, side: str, expect: str = "positive") -> str:
+    if entry is None:
+        return f"- {text}: not tested in this run."
+    if "skipped" in entry:
+        return f"- {text}: not tested (skipped: {entry['skipped']})."
+    r = entry["rows"]["probe"].get(side)
+    name = {"gap": "gap", "self": "Self", "orig": "Orig"}[side]
+    return (
+        f"- {text}: **{verdict(r, expect=expect)}** ({name} {_ci(r)} with 95% CI; "
+        f"{entry['task']}/{entry['condition']}, probe, last checkpoint)."
+    )
+
+
+def _summary_plot(results: list[dict[str, Any]], path: Path) -> Path | None:
+    from introspect.evaluate.plots import _pyplot
+
+    shown = [e for e in results if "rows" in e and e["rows"]["probe"]]
+    if not shown:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(shown) + 2), 4))
+    width = 0.38
+    for k, (side, colour) in enumerate((("self", "C0"), ("orig", "C1"))):
+        xs, vs, errs = [], [], [[], []]
+        for i, e in enumerate(shown):
+            r = e["rows"]["probe"].get(side) or {}
+            v = r.get("value")
+            v = float("nan") if v is None else v
+            lo = v if r.get("lo") is None else r["lo"]
+            hi = v if r.get("hi") is None else r["hi"]
+            xs.append(i + (k - 0.5) * width)
+            vs.append(v)
+            errs[0].append(max(0.0, v - lo))
+            errs[1].append(max(0.0, hi - v))
+        ax.bar(xs, vs, width, yerr=errs, color=colour, capsize=3, label=side.capitalize())
+    ax.set_xticks(range(len(shown)))
+    ax.set_xticklabels([f"{e['task']}\n{e['condition']}" for e in shown], fontsize=8)
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_ylabel(f"{METRIC} r (probe, last checkpoint)")
+    ax.set_title("Self vs Orig per condition (95% bootstrap intervals)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _environment() -> dict[str, Any]:
+    import torch
+
+    from introspect import __version__
+
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "introspect": __version__,
+    }
+
+
+def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
+    """Writes ``report.md``, ``results.json`` and ``figures/summary.png`` into ``out``."""
+    out = Path(out)
+    results = collect_results(out, stages, state)
+    figures = []
+    try:
+        p = _summary_plot(results, out / "figures" / "summary.png")
+        if p is not None:
+            figures.append(("Self and Orig per condition", p.relative_to(out).as_posix()))
+    except ImportError:
+        p = None
+    for e in results:
+        if "dir" in e and e["condition"] == "concurrent":
+            for fname, what in (("self_vs_orig.png", "Self vs Orig over training"),
+                                ("behaviour.png", "behaviour shift")):  # fmt: skip
+                if (out / e["dir"] / fname).is_file():
+                    figures.append((f"{e['task']}, concurrent: {what}", f"{e['dir']}/{fname}"))
+    env = _environment()
+    by = {(e["task"], e["condition"]): e for e in results}
+    first = cfg.tasks[0]
+    lines = [
+        "# Introspective coupling experiment",
+        "",
+        f"Model `{cfg.model}`, tasks {', '.join(cfg.tasks)}, preset `{cfg.preset}`, seed "
+        f"{cfg.seed}; run on {env['date']} ({env['machine']}; torch {env['torch']}, "
+        f"{env['torch_threads']} threads; introspect {env['introspect']}).",
+        "",
+        "Self = Pearson r between the probe's prediction of Δ and the *current* model's Δ "
+        "(re-extracted at the checkpoint on held-out pairs); Orig = Pearson r with the fixed "
+        "labels it was trained on (for the label-model condition: that model's Δ); gap = "
+        "Self − Orig. Intervals: paired bootstrap, 95%, over held-out pairs. Every number "
+        "below is read from the `metrics.jsonl` (and `behaviour.jsonl`) of the evaluation "
+        "directory named in the table.",
+        "",
+        "## Figures",
+        "",
+    ]
+    for title, rel in figures:
+        lines += [f"![{title}]({rel})", ""]
+    if not figures:
+        lines += ["(no figures: matplotlib is not installed)", ""]
+    lines += [
+        "## Self, Orig and the gap at the last checkpoint",
+        "",
+        "| task | condition | explainer | step | Self | Orig | gap (Self − Orig) | "
+        "r(current Δ, labels) | source |",
+        "|---|---|---|---:|---|---|---|---|---|",
+    ]
+    for e in results:
+        if "skipped" in e:
+            what = "not run" if e["skipped"] == "not evaluated" else "skipped"
+            lines.append(
+                f"| {e['task']} | {e['condition']} | — | — | {what} | {what} | "
+                f"{e['skipped']} | — | — |"
+            )
+            continue
+        beh = e["behaviour"][-1] if e["behaviour"] else {}
+        rdl = beh.get("delta_vs_labels")
+        for expl in EXPLAINERS:
+            rows = e["rows"].get(expl) or {}
+            if not rows:
+                continue
+            step = rows.get("self", {}).get("checkpoint", "")
+            lines.append(
+                f"| {e['task']} | {e['condition']} | {expl} | {step} | {_ci(rows.get('self'))} "
+                f"| {_ci(rows.get('orig'))} | {_ci(rows.get('gap'))} | "
+                f"{'n/a' if rdl is None else f'{rdl:+.3f}'} | `{e['dir']}/metrics.jsonl` |"
+            )
+    lines += ["", "Conditions:", ""]
+    for e in results:
+        lines.append(f"- {e['task']}/{e['condition']}: {e['cond'].description}.")
+    lines += ["", "Behaviour of the current model on the held-out pairs (start → last step):", ""]
+    lines += [
+        "| task | condition | mean Δ | mean f(x) | log p(objective \\| x) |",
+        "|---|---|---|---|---|",
+    ]
+    for e in results:
+        if "behaviour" not in e or not e["behaviour"]:
+            continue
+        b0, b1 = e["behaviour"][0], e["behaviour"][-1]
+
+        def arrow(key, b0=b0, b1=b1):
+            a, b = b0.get(key), b1.get(key)
+            if a is None or b is None:
+                return "n/a"
+            return f"{a:+.3f} → {b:+.3f}"
+
+        lines.append(
+            f"| {e['task']} | {e['condition']} | {arrow('mean_delta')} | {arrow('mean_f_x')} "
+            f"| {arrow('objective_logprob')} |"
+        )
+
+    lines += ["", "## Which of the paper's claims held here", ""]
+    claims = [
+        _claim(
+            f"Self > Orig under concurrent post-training ({first})",
+            by.get((first, "concurrent")),
+            "gap",
+        ),
+        _claim(
+            f"The probe learns the fixed labels (Orig > 0, {first})",
+            by.get((first, "concurrent")),
+            "orig",
+        ),
+    ]
+    for p in cfg.noise_levels:
+        claims.append(
+            _claim(
+                f"Self > Orig survives {p:.0%} label noise ({first})",
+                by.get((first, f"noise-{p:g}")),
+                "gap",
+            )
+        )
+    if cfg.label_model:
+        claims.append(
+            _claim(
+                f"Self > Orig with labels from another model ({cfg.label_model})",
+                by.get((first, f"label-{cfg.label_model}")),
+                "gap",
+            )
+        )
+    else:
+        claims.append(
+            "- Self > Orig with labels from another model family: not tested (no "
+            "`--label-model` given)."
+        )
+    for task in cfg.tasks[1:]:
+        claims.append(
+            _claim(f"Self > Orig for {task}", by.get((task, "concurrent")), "gap"),
+        )
+    if "refusal" not in cfg.tasks:
+        claims.append("- Self > Orig for refusal: not tested (task not run).")
+    claims += [
+        _claim(
+            f"Control, frozen model: gap consistent with 0 ({first})",
+            by.get((first, "frozen")),
+            "gap",
+            "zero",
+        ),
+        _claim(
+            f"Control, shuffled labels: Self consistent with 0 ({first})",
+            by.get((first, "shuffled")),
+            "self",
+            "zero",
+        ),
+    ]
+    lines += claims
+    lines += [
+        "",
+        '"supported": the 95% interval lies above 0; "not supported": it includes 0; '
+        '"contradicted": it lies below 0. With the small samples of a quick run, intervals '
+        'are wide and "not supported" means the run cannot tell, not that the claim is false.',
+        "",
+        "## Wall time per stage",
+        "",
+        "| stage | seconds | note |",
+        "|---|---:|---|",
+    ]
+    total = 0.0
+    for name, _kind, _ in stages:
+        info = state["stages"].get(name)
+        if info is None:
+            continue
+        total += float(info.get("seconds", 0.0))
+        note = f"skipped: {info['skipped']}" if info.get("skipped") else ""
+        lines.append(f"| {name} | {info.get('seconds', 0.0):.1f} | {note} |")
+    lines += [
+        f"| all stages before the report | {total:.1f} | |",
+        "",
+        "Stages completed in an earlier, interrupted invocation keep the time they took then.",
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(cfg.to_json(), indent=2),
+        "```",
+        "",
+    ]
+    path = out / "report.md"
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+    write_json_atomic(
+        out / "results.json",
+        [
+            {k: v for k, v in e.items() if k not in ("cond", "behaviour")}
+            | {"description": e["cond"].description}
+            for e in results
+        ],
+    )
+    return path
