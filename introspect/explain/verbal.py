@@ -659,6 +659,17 @@ class VerbalExplainer(base.Explainer):
             tmask[r, len(a) : len(seq)] = True
         return ids.to(device), mask.to(device), tmask.to(device)
 
+    def _selected_prompts(self, data: Any, rows: Any, answers: Sequence[str] | None):
+        """The pairs ``rows`` selects (in that order) and their follow-up prompts' token ids."""
+        pairs = _as_pairs(data)
+        order = _row_order(len(pairs), rows)
+        sel = [pairs[i] for i in order]
+        if answers is not None:
+            if len(answers) != len(pairs):
+                raise ValueError(f"{len(answers)} answers for {len(pairs)} pairs")
+            answers = [answers[i] for i in order]
+        return sel, self._prompt_ids(sel, answers)
+
     # ------------------------------------------------------------------------------ scoring
 
     @torch.no_grad()
@@ -669,14 +680,7 @@ class VerbalExplainer(base.Explainer):
         (EOS included) after the follow-up prompt, teacher-forced."""
         cfg = self.config
         self._ensure_model()
-        pairs = _as_pairs(data)
-        order = _row_order(len(pairs), rows)
-        sel = [pairs[i] for i in order]
-        if answers is not None:
-            if len(answers) != len(pairs):
-                raise ValueError(f"{len(answers)} answers for {len(pairs)} pairs")
-            answers = [answers[i] for i in order]
-        prompts = self._prompt_ids(sel, answers)
+        sel, prompts = self._selected_prompts(data, rows, answers)
         jobs = []  # (pair index, label, prompt ids, sentence ids)
         for k, (p, ids) in enumerate(zip(sel, prompts, strict=True)):
             for label in candidate_labels(p.choices, cfg.labels):
@@ -737,14 +741,7 @@ class VerbalExplainer(base.Explainer):
         ``max_new_tokens`` tokens, stopping at EOS), decoded without special tokens."""
         cfg = self.config
         self._ensure_model()
-        pairs = _as_pairs(data)
-        order = _row_order(len(pairs), rows)
-        sel = [pairs[i] for i in order]
-        if answers is not None:
-            if len(answers) != len(pairs):
-                raise ValueError(f"{len(answers)} answers for {len(pairs)} pairs")
-            answers = [answers[i] for i in order]
-        prompts = self._prompt_ids(sel, answers)
+        sel, prompts = self._selected_prompts(data, rows, answers)
         for p, ids in zip(sel, prompts, strict=True):
             self._check_length(p, len(ids) + cfg.max_new_tokens)
         texts = []
