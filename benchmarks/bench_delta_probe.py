@@ -70,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     stamp = harness.machine_stamp()
-    bw = harness.memory_bandwidth()
-    peak = harness.gemm_flops(torch.float32)
+    roof = harness.roofline()
+    bw = roof["memory_bandwidth"]
+    peak = roof["gemm_GFLOPs"]["float32"]
     print(f"machine: {stamp['cpu']}, {stamp['cores']} cores, torch {stamp['torch']}, "
           f"{stamp['torch_threads']} threads")  # fmt: skip
     print(f"measured memory bandwidth: read {bw['read_GBps']:.1f} GB/s, "
-          f"copy {bw['copy_GBps']:.1f} GB/s; fp32 GEMM {peak:.0f} GFLOP/s")  # fmt: skip
+          f"copy {bw['copy_GBps']:.1f} GB/s; {harness.describe_roofline(roof)}")  # fmt: skip
 
     rows = []
     for N, D, P, dtype in _sizes(args.quick):
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         gbps = nbytes / fused["median_s"] / 1e9
         # Useful work of a step: the N x D x P products of the prediction and of the gradient.
         gflops = 2 * 2 * N * D * P / fused["median_s"] / 1e9
+        dname = str(dtype).removeprefix("torch.")
         row = {
             "N": N, "D": D, "P": P, "dtype": str(dtype).removeprefix("torch."),
             "mode": "difference", "backend": args.backend,
@@ -101,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             "fused_p90_ms": fused["p90_s"] * 1e3,
             "speedup": ref["median_s"] / fused["median_s"],
             "fused_GBps": gbps, "fraction_of_read_bw": gbps / bw["read_GBps"],
-            "fused_GFLOPs": gflops, "fraction_of_gemm_peak": gflops / peak,
+            "fused_GFLOPs": gflops,
+            # Against the GEMM ceiling of the hidden states' dtype.
+            "fraction_of_gemm_peak": gflops / roof["gemm_GFLOPs"][dname],
         }  # fmt: skip
         rows.append(row)
         print(f"N={N:>8} D={D:>5} P={P:>3} {row['dtype']:<8} "
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     name = "delta_probe_quick" if args.quick else "delta_probe"
     command = "python benchmarks/bench_delta_probe.py" + (" --quick" if args.quick else "")
-    meta = {**stamp, "memory_bandwidth": bw, "gemm_fp32_GFLOPs": peak, "command": command}
+    meta = {**stamp, "memory_bandwidth": bw, "gemm_fp32_GFLOPs": peak, "roofline": roof,
+            "command": command}  # fmt: skip
     json_path, _ = harness.write_rows(name, rows, meta)
     groups: dict[str, list[dict]] = {}
     for r in rows:

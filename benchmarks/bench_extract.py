@@ -186,6 +186,13 @@ ABLATIONS = {
     "full-vocab head": {"head": "full"},
 }
 PRECISION_MODES = ("autocast-fp16", "autocast-bf16", "bfloat16")
+# The GEMM ceiling each precision mode is measured against (its matrix products' dtype).
+ROOFLINE_DTYPE = {
+    "float32": "float32",
+    "autocast-fp16": "float16",
+    "autocast-bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
 
 
 def engine(model, tokenizer, pairs, layers, autocast=None, **switches):
@@ -342,7 +349,8 @@ def main(argv=None) -> int:
     ablate = set(args.tasks if args.ablations == [] else (args.ablations or []))
 
     stamp = harness.machine_stamp()
-    peak = harness.gemm_flops(torch.float32)
+    roof = harness.roofline()
+    peak = roof["gemm_GFLOPs"]["float32"]
     lm = load_model(args.model)
     model, tok = lm.model, lm.tokenizer
     n_params = (
@@ -350,7 +358,7 @@ def main(argv=None) -> int:
     )
     layers = sorted({lm.n_layers // 2, lm.n_layers - 1})
     print(
-        f"machine: {stamp['cpu']}, {stamp['cores']} cores; fp32 GEMM {peak:.0f} GFLOP/s; "
+        f"machine: {stamp['cpu']}, {stamp['cores']} cores; {harness.describe_roofline(roof)}; "
         f"{args.model}: {n_params / 1e6:.0f}M non-embedding parameters"
     )
     rows = []
@@ -393,6 +401,7 @@ def main(argv=None) -> int:
             if name == "engine" and mode == "float32":
                 d_exact, t_exact = d, te
             gflops = 2 * n_params * unique_tokens / te / 1e9
+            roof_dtype = ROOFLINE_DTYPE[mode]
             fid = precision.compare(d_exact, d) if mode != "float32" else None
             row = {
                 "task": task,
@@ -408,7 +417,8 @@ def main(argv=None) -> int:
                 "unique_tokens": unique_tokens,
                 "engine_tokens_per_s": unique_tokens / te,
                 "engine_GFLOPs": gflops,
-                "fraction_of_gemm_peak": gflops / peak,
+                "roofline_dtype": roof_dtype,
+                "fraction_of_gemm_peak": gflops / roof["gemm_GFLOPs"][roof_dtype],
                 "max_abs_delta_diff": float(np.abs(d - d_naive).max()),
                 "max_hidden_rel_err": max_rel_err(hidden, naive_hidden, lm.n_layers),
                 "pearson_vs_fp32": fid["pearson"] if fid else 1.0,
@@ -421,7 +431,7 @@ def main(argv=None) -> int:
                 f"{task:<13} {name:<17} {mode:<13} naive {row['naive_pairs_per_s']:6.2f} "
                 f"pairs/s  engine {row['engine_pairs_per_s']:6.2f} pairs/s  "
                 f"x{row['speedup']:.2f}  tokens {unique_tokens}/{naive_tokens}  "
-                f"{gflops:.0f} GFLOP/s ({row['fraction_of_gemm_peak']:.2f} of GEMM)  "
+                f"{gflops:.0f} GFLOP/s ({row['fraction_of_gemm_peak']:.2f} of {roof_dtype} GEMM)  "
                 f"max|dDelta| {row['max_abs_delta_diff']:.1e}  "
                 f"hidden rel {row['max_hidden_rel_err']:.1e}  r={row['pearson_vs_fp32']:.4f}  "
                 f"peak {mem if mem is None else round(mem)} MB (naive "
@@ -431,6 +441,7 @@ def main(argv=None) -> int:
     meta = {
         **stamp,
         "gemm_fp32_GFLOPs": peak,
+        "roofline": roof,
         "command": "python benchmarks/bench_extract.py " + " ".join(argv or sys.argv[1:]),
     }
     path, _ = harness.write_rows(args.name, rows, meta)
@@ -448,7 +459,7 @@ def main(argv=None) -> int:
                 ("speedup", "speed-up", ".2f"),
                 ("slowdown_vs_engine", "time vs engine", ".2f"),
                 ("engine_tokens_per_s", "tokens/s", ".0f"),
-                ("fraction_of_gemm_peak", "of GEMM", ".2f"),
+                ("fraction_of_gemm_peak", "of its dtype's GEMM", ".2f"),
                 ("max_abs_delta_diff", "max abs ΔΔ vs naive", ".1e"),
                 ("max_hidden_rel_err", "max hidden rel err", ".1e"),
                 ("pearson_vs_fp32", "r vs fp32", ".4f"),

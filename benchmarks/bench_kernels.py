@@ -133,9 +133,11 @@ def _interleaved(fns: dict, rounds: int) -> dict:
     return out
 
 
-def cpu_rows(size: dict, rounds: int, gemm_gflops: float) -> list[dict]:
+def cpu_rows(size: dict, rounds: int, gemm_gflops: float, read_gbps: float) -> list[dict]:
     M, V, D, C = size["M"], size["V"], size["D"], size["C"]
     flops = 2 * M * V * D
+    # The least any path must read: the hidden states and the head's weight, once (fp32).
+    min_bytes = 4 * (M * D + V * D)
     hidden, weight, choices = _inputs(M, V, D, C)
     fns = {"naive": lambda: naive_logp(hidden, weight, choices),
            "reference": lambda: reference(hidden, weight, choices)}  # fmt: skip
@@ -180,6 +182,7 @@ def cpu_rows(size: dict, rounds: int, gemm_gflops: float) -> list[dict]:
             "memory_vs_naive": peak / base_m if peak is not None and base_m else None,
             "GFLOPs": flops / t["median_s"] / 1e9,
             "fraction_of_gemm_peak": flops / t["median_s"] / 1e9 / gemm_gflops,
+            "fraction_of_read_bw": min_bytes / t["median_s"] / 1e9 / read_gbps,
             "max_abs_diff_vs_naive": err if variant == "reference" else None,
             "compile_s": mem.get(variant, {}).get("compile_s"),
         })  # fmt: skip
@@ -269,13 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     rounds = args.rounds or (3 if args.quick else 5)
     stamp = harness.machine_stamp()
-    gemm = harness.gemm_flops(torch.float32)
+    roof = harness.roofline(("float32",))
+    gemm = roof["gemm_GFLOPs"]["float32"]
     print(f"machine: {stamp['cpu']}, {stamp['cores']} cores, torch {stamp['torch']}, "
-          f"{stamp['torch_threads']} threads; fp32 GEMM {gemm:.0f} GFLOP/s")  # fmt: skip
+          f"{stamp['torch_threads']} threads; {harness.describe_roofline(roof)}")  # fmt: skip
     print(f"choice_logprobs, CPU, M={size['M']} V={size['V']} D={size['D']} C={size['C']} "
           f"float32 ({rounds} rounds)", flush=True)  # fmt: skip
 
-    rows = cpu_rows(size, rounds, gemm)
+    rows = cpu_rows(size, rounds, gemm, roof["memory_bandwidth"]["read_GBps"])
     for r in rows:
         if "skipped" in r:
             print(f"  {r['variant']:<15} skipped: {r['skipped']}")
@@ -283,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         peak = "n/a" if r["peak_extra_MiB"] is None else f"{r['peak_extra_MiB']:8.1f} MiB"
         print(f"  {r['variant']:<15} {r['median_ms']:9.1f} ms  (p10 {r['p10_ms']:.1f}, "
               f"p90 {r['p90_ms']:.1f})  peak extra {peak}  x{r['speedup_vs_naive']:.2f} speed "
-              f"{r['GFLOPs']:.0f} GFLOP/s", flush=True)  # fmt: skip
+              f"{r['GFLOPs']:.0f} GFLOP/s ({r['fraction_of_gemm_peak']:.2f} of fp32 GEMM, "
+              f"{r['fraction_of_read_bw']:.3f} of read bandwidth)", flush=True)  # fmt: skip
     ref = next(r for r in rows if r["variant"] == "reference")
     if ref.get("memory_vs_naive") is not None:
         ok_mem = ref["memory_vs_naive"] <= 0.1
@@ -308,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
 
     name = "kernels_quick" if args.quick else "kernels"
     command = "python benchmarks/bench_kernels.py" + (" --quick" if args.quick else "")
-    meta = {**stamp, "gemm_fp32_GFLOPs": gemm, "command": command, "size": size,
+    meta = {**stamp, "gemm_fp32_GFLOPs": gemm, "roofline": roof, "command": command,
+            "size": size,
             "memory_method": "VmHWM - VmRSS around one call in a fresh process "
                              "(/proc/self/clear_refs reset)"}  # fmt: skip
     json_path, csv_path = harness.write_rows(name, rows, meta)
@@ -327,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         ("device", "device", "s"), ("variant", "variant", "s"), ("dtype", "dtype", "s"),
         ("median_ms", "median ms", ".1f"), ("speedup_vs_naive", "speed-up", ".2f"),
         ("peak_extra_MiB", "peak extra MiB", ".1f"), ("memory_vs_naive", "memory ratio", ".3f"),
-        ("GFLOPs", "GFLOP/s", ".0f"),
+        ("GFLOPs", "GFLOP/s", ".0f"), ("fraction_of_gemm_peak", "of fp32 GEMM", ".2f"),
+        ("fraction_of_read_bw", "of read bw", ".3f"),
     ]))  # fmt: skip
     print(f"\nrows: {json_path} and {csv_path}" + (f"\nchart: {png}" if png else ""))
     return 0

@@ -7,7 +7,7 @@ arithmetic rate on unique tokens as a fraction of the measured fp32 GEMM rate. M
 random Llama (2 layers, width 64) with SmolLM2's tokenizer, where per-token overheads dominate,
 and SmolLM2-135M-Instruct, where the forward does.
 
-- **N**: sycophancy pairs, 10²…10⁴ (tiny) and 10²…10³ (SmolLM2);
+- **N**: sycophancy pairs, 10²…10⁵ (tiny; 10²…10⁴ with ``--quick``) and 10²…10³ (SmolLM2);
 - **prompt length**: contexts of k fact sentences (k = 2…20), one sentence removed per pair;
 - **shared-prefix fraction**: contexts of 20 sentences, the removed one at a growing position,
   so the prefix x and x' share (in tokens, measured) grows from ~0 to ~0.9 of x.
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     name = args.name or ("scaling_quick" if args.quick else "scaling")
     q = args.quick
     sizes = {
-        "n": {"tiny": [100, 1000, 10000] if q else [100, 300, 1000, 3000, 10000],
+        "n": {"tiny": [100, 1000, 10000] if q else [100, 1000, 10000, 100000],
               "smollm2": [30, 100] if q else [100, 300, 1000]},
         "k": [2, 8, 20] if q else [2, 4, 8, 12, 16, 20],
         "pos": [0, 10, 19] if q else [0, 3, 6, 9, 12, 15, 19],

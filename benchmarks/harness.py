@@ -63,22 +63,61 @@ def machine_stamp() -> dict:
     }
 
 
+def _best_s(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+    """The fastest of ``repeats`` timed runs: a ceiling is what the machine can do at best."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def memory_bandwidth(mbytes: int = 512) -> dict:
-    """Measured memory bandwidth in GB/s: a streaming read (sum) and a copy (read + write)."""
+    """Measured memory bandwidth in GB/s (best of 7): a streaming read (sum) and a copy (read +
+    write)."""
     x = torch.ones(mbytes * 2**20 // 4, dtype=torch.float32)
     y = torch.empty_like(x)
-    read = measure(lambda: x.sum(), warmup=2, repeats=7)["median_s"]
-    copy = measure(lambda: y.copy_(x), warmup=2, repeats=7)["median_s"]
+    read = _best_s(lambda: x.sum(), warmup=2, repeats=7)
+    copy = _best_s(lambda: y.copy_(x), warmup=2, repeats=7)
     n = x.numel() * 4
     return {"read_GBps": n / read / 1e9, "copy_GBps": 2 * n / copy / 1e9}
 
 
-def gemm_flops(dtype: torch.dtype = torch.float32, size: int = 2048) -> float:
-    """Measured dense matmul throughput in GFLOP/s for ``dtype`` on the CPU."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    t = measure(lambda: a @ b, warmup=1, repeats=5)["median_s"]
-    return 2 * size**3 / t / 1e9
+# Square and transformer-shaped products (tokens x hidden x MLP width of a 135M model); the
+# ceiling is the best rate over them.
+GEMM_SHAPES = ((2048, 2048, 2048), (4096, 576, 1536), (4096, 1536, 576))
+
+
+def gemm_flops(dtype: torch.dtype = torch.float32, shapes=GEMM_SHAPES) -> float:
+    """Measured dense matmul throughput in GFLOP/s for ``dtype`` on the CPU: the best of 5 runs
+    of each shape in ``shapes`` ((m, k, n) triples), the best shape's rate."""
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k).to(dtype)
+        b = torch.randn(k, n).to(dtype)
+        t = _best_s(lambda a=a, b=b: a @ b, warmup=1, repeats=5)
+        best = max(best, 2 * m * k * n / t / 1e9)
+    return best
+
+
+ROOFLINE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def roofline(dtypes=("float32", "bfloat16", "float16")) -> dict:
+    """The machine's ceilings, measured now: GEMM GFLOP/s per dtype and memory GB/s. Every
+    throughput a benchmark reports is also given as a fraction of these."""
+    out = {"gemm_GFLOPs": {d: gemm_flops(ROOFLINE_DTYPES[d]) for d in dtypes}}
+    out["memory_bandwidth"] = memory_bandwidth()
+    return out
+
+
+def describe_roofline(r: dict) -> str:
+    gemm = ", ".join(f"{d} {v:.0f}" for d, v in r["gemm_GFLOPs"].items())
+    bw = r["memory_bandwidth"]
+    return f"GEMM {gemm} GFLOP/s; memory read {bw['read_GBps']:.1f} GB/s"
 
 
 def write_rows(name: str, rows: list[dict], meta: dict) -> tuple[Path, Path]:

@@ -37,18 +37,22 @@ def lines(name: str, data: dict) -> list[dict]:
         for r in rows:
             add(f"delta_probe step N={r['N']} D={r['D']} P={r['P']} {r['dtype']}: fused vs "
                 "reference", f"{r['speedup']:.2f}×",
-                f"{r['fraction_of_read_bw']:.2f} of read bw")  # fmt: skip
+                f"{r['fraction_of_read_bw']:.2f} of read bw, "
+                f"{r['fraction_of_gemm_peak']:.3f} of {r['dtype']} GEMM")  # fmt: skip
     elif name.startswith("kernels"):
         for r in rows:
             if r.get("device") == "cpu" and "skipped" not in r:
                 add(f"choice_logprobs {r['variant']} M={r['M']} V={r['V']}: vs naive",
                     f"{r['speedup_vs_naive']:.2f}× time, {_fmt(r.get('memory_vs_naive'), '.3f')}"
-                    "× memory", f"{r['fraction_of_gemm_peak']:.2f} of fp32 GEMM")  # fmt: skip
+                    "× memory", f"{r['fraction_of_gemm_peak']:.2f} of fp32 GEMM"
+                    + (f", {r['fraction_of_read_bw']:.3f} of read bw"
+                       if r.get("fraction_of_read_bw") is not None else ""))  # fmt: skip
     elif name.startswith("extract"):
         for r in rows:
             add(f"extract {r['task']} ({r['pairs']}) {r['variant']} {r['dtype']}: vs naive",
                 f"{r['speedup']:.2f}×, max|ΔΔ| {r['max_abs_delta_diff']:.1e}",
-                f"{r['fraction_of_gemm_peak']:.2f} of fp32 GEMM")  # fmt: skip
+                f"{r['fraction_of_gemm_peak']:.2f} of "
+                f"{r.get('roofline_dtype', 'float32')} GEMM")  # fmt: skip
     elif name.startswith("peers"):
         agree = data["meta"].get("agreement", {})
         for r in rows:
@@ -85,6 +89,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="+", help="result names under benchmarks/results/")
     ap.add_argument("--elapsed", type=float, help="wall time of the suite, seconds")
+    ap.add_argument("--out", help="also write the summary (markdown, with the machine) here")
     args = ap.parse_args(argv)
     rows = []
     for name in args.names:
@@ -93,12 +98,20 @@ def main(argv=None) -> int:
             rows.append({"file": name, "what": "missing", "value": "—", "ceiling": None})
             continue
         rows += lines(name, data)
-    print("\n## Benchmark suite summary\n")
-    print(harness.table(rows, [("file", "results", "s"), ("what", "measurement", "s"),
-                               ("value", "same-run ratio / value", "s"),
-                               ("ceiling", "of machine limit", "s")]))  # fmt: skip
+    text = "\n## Benchmark suite summary\n\n" + harness.table(rows, [
+        ("file", "results", "s"), ("what", "measurement", "s"),
+        ("value", "same-run ratio / value", "s"), ("ceiling", "of machine limit", "s"),
+    ])  # fmt: skip
     if args.elapsed is not None:
-        print(f"\nsuite wall time: {args.elapsed / 60:.1f} min")
+        text += f"\n\nsuite wall time: {args.elapsed / 60:.1f} min"
+    print(text)
+    if args.out:
+        stamp = harness.machine_stamp()
+        head = (f"Written {stamp['time_utc']} on {stamp['cpu']}, {stamp['cores']} cores, "
+                f"torch {stamp['torch']} ({stamp['torch_threads']} threads), introspect "
+                f"{stamp['introspect']}; from {', '.join(args.names)}.\n")  # fmt: skip
+        Path(args.out).write_text(head + text + "\n", encoding="utf-8")
+        print(f"\nsummary: {args.out}")
     return 0
 
 

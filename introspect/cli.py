@@ -9,6 +9,7 @@ import time
 
 # Kept here so that building the parser imports no torch.
 PRECISIONS = ("float32", "autocast-fp16", "autocast-bf16", "bfloat16")
+CHAT_TEMPLATE_CHOICES = ("model", "plain", "auto")  # = introspect.models.CHAT_TEMPLATE_CHOICES
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -167,11 +168,26 @@ def _check_context(pairs, model_name, on_error, report):
     return kept
 
 
+DEVICE_HELP = (
+    "where the model runs: auto (a CUDA GPU if one is visible, else cpu), cpu, cuda, cuda:N"
+)
+CHAT_TEMPLATE_HELP = (
+    "how chat-message prompts are rendered: 'model' uses the model's own chat template (an "
+    "error for base models, which have none); 'plain' writes them as a transcript (system text, "
+    "'User: ...', 'Assistant:'); 'auto' uses the model's template where it has one, else plain"
+)
+
+
 def _cmd_measure(args: argparse.Namespace) -> int:
     from introspect.behaviour import measure, summarize
     from introspect.data import PairError, read_pairs
-    from introspect.models import load_model
+    from introspect.models import load_model, resolve_device, use_plain_chat_template
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
     try:
         pairs, _ = read_pairs(args.pairs)
     except PairError as exc:
@@ -180,7 +196,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     if args.limit:
         pairs = pairs[: args.limit]
     t0 = time.perf_counter()
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=device)
+    use_plain_chat_template(loaded.tokenizer, args.chat_template)
     t_load = time.perf_counter() - t0
     update, close = _progress(len(pairs), f"measuring {args.behaviour}")
     t1 = time.perf_counter()
@@ -274,7 +291,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     from introspect.data import PairError, ReadReport, iter_pairs
     from introspect.extract import ExtractConfig, extract_pairs
-    from introspect.models import load_model
+    from introspect.models import load_model, resolve_device, use_plain_chat_template
     from introspect.run import RunError, RunWriter, merge_ranks
 
     rank = int(os.environ.get("RANK", "0"))
@@ -291,7 +308,15 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from introspect.extract import precision
     from introspect.extract.engine import PREFIX_WINDOW, check_tree_layout, shared_prefix
 
-    lm = load_model(args.model, dtype="float32")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
+    if device == "cuda" and world > 1:  # one GPU per process under torchrun
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    lm = load_model(args.model, dtype="float32", device=device)
+    chat_template = use_plain_chat_template(lm.tokenizer, args.chat_template)
     try:
         layers = _parse_layers(args.layers, lm.n_layers)
         positions = tuple(p.strip() for p in args.positions.split(",") if p.strip())
@@ -330,7 +355,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             args.out,
             model_id=args.model,
             weights_hash=lm.weights_hash,
-            config={**config.to_json(), "dtype": args.dtype, "prefix_tokens": len(prefix)},
+            config={
+                **config.to_json(),
+                "dtype": args.dtype,
+                "prefix_tokens": len(prefix),
+                "chat_template": chat_template,
+            },
             input_hash=_file_sha256(args.pairs),
             layers=layers,
             positions=list(positions),
@@ -530,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     meas.add_argument("--behaviour", default="logodds", choices=("logodds", "logprob", "prob"))
     meas.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
     meas.add_argument("--json", metavar="PATH", help="write the summary and per-pair values")
+    meas.add_argument(
+        "--chat-template", choices=CHAT_TEMPLATE_CHOICES, default="model", help=CHAT_TEMPLATE_HELP
+    )
+    meas.add_argument("--device", default="auto", help=DEVICE_HELP)
     meas.add_argument("--by", metavar="KEY", help="also summarise delta per value of meta.KEY")
     meas.set_defaults(func=_cmd_measure)
 
@@ -548,6 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--model", required=True, help="alias, model directory, .gguf or hub id")
     ext.add_argument("--pairs", required=True, help="pair file (JSONL)")
     ext.add_argument("--out", required=True, help="run directory to create (or resume)")
+    ext.add_argument(
+        "--chat-template", choices=CHAT_TEMPLATE_CHOICES, default="model", help=CHAT_TEMPLATE_HELP
+    )
+    ext.add_argument("--device", default="auto", help=DEVICE_HELP)
     ext.add_argument(
         "--layers",
         default="default",

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALIASES",
+    "CHAT_TEMPLATE_CHOICES",
+    "PLAIN_CHAT_TEMPLATE",
     "LoadedModel",
     "ModelAlias",
     "ModelLoadError",
@@ -63,6 +65,8 @@ __all__ = [
     "list_models",
     "load_model",
     "resolve_cache_dir",
+    "resolve_device",
+    "use_plain_chat_template",
     "weights_sha256",
 ]
 
@@ -248,6 +252,23 @@ def _gguf_file_source(path: Path) -> _GGUFSource:
 
 # --------------------------------------------------------------------------------------------
 # Cache directory and hashing
+
+
+def resolve_device(device: Any = "auto") -> str:
+    """``"auto"``: ``"cuda"`` where a GPU is visible, else ``"cpu"``; any other name (``"cpu"``,
+    ``"cuda"``, ``"cuda:1"``, ...) is checked and returned."""
+    import torch
+
+    name = str(device).strip().lower() if device is not None else "auto"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible here")
+    return name
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -776,7 +797,9 @@ def format_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]]) -> 
     if not getattr(tokenizer, "chat_template", None):
         raise NoChatTemplateError(
             "this model's tokenizer has no chat template, and a list of chat messages needs one; "
-            "pass the prompt as plain text instead, or use a chat model (e.g. smollm2-135m)"
+            "pass the prompt as plain text instead, use a chat model (e.g. smollm2-135m), or read "
+            "the messages as a plain transcript (--chat-template plain, or "
+            "introspect.models.use_plain_chat_template)"
         )
     text = tokenizer.apply_chat_template(
         [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
@@ -784,6 +807,39 @@ def format_prompt(tokenizer: Any, prompt: str | Sequence[Mapping[str, str]]) -> 
     if not isinstance(text, str):
         raise TypeError(f"the chat template returned {type(text).__name__}, not text")
     return text
+
+
+# A transcript for base models, which have no chat template: the system text, then
+# ``User: ...`` and ``Assistant: ...`` turns, ending with ``Assistant:`` for the generation
+# prompt. It starts with the tokenizer's BOS token, as the tokenizer would add it to plain text.
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token if bos_token else '' }}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}User: {{ m['content'] }}\n\n"
+    "{% else %}Assistant: {{ m['content'] }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+CHAT_TEMPLATE_CHOICES = ("model", "plain", "auto")
+
+
+def use_plain_chat_template(tokenizer: Any, mode: str = "auto") -> str:
+    """Choose how chat-message prompts are rendered, for base models that have no template.
+
+    ``mode``: ``"model"`` keeps the tokenizer's own template (a tokenizer without one then
+    raises :class:`NoChatTemplateError` on messages); ``"plain"`` sets
+    :data:`PLAIN_CHAT_TEMPLATE` in any case; ``"auto"`` sets it only where the tokenizer has no
+    template. Returns the template in use: ``"model"``, ``"plain"`` or ``"none"``."""
+    if mode not in CHAT_TEMPLATE_CHOICES:
+        raise ValueError(f"chat template mode must be one of {CHAT_TEMPLATE_CHOICES}, not {mode!r}")
+    has_own = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "plain" or (mode == "auto" and not has_own):
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        return "plain"
+    return "model" if has_own else "none"
 
 
 # --------------------------------------------------------------------------------------------

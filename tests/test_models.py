@@ -31,6 +31,8 @@ from introspect.models import (  # noqa: E402
     list_models,
     load_model,
     resolve_cache_dir,
+    resolve_device,
+    use_plain_chat_template,
     weights_sha256,
 )
 
@@ -213,6 +215,34 @@ def test_format_prompt_without_template():
     assert format_prompt(tok, "hello") == "hello"
     with pytest.raises(NoChatTemplateError, match="no chat template"):
         format_prompt(tok, [{"role": "user", "content": "hello"}])
+
+
+def test_plain_chat_template():
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "what ?"},
+        {"role": "assistant", "content": "this ."},
+        {"role": "user", "content": "and ?"},
+    ]
+    tok = _tiny_tokenizer(chat_template=None)
+    assert use_plain_chat_template(tok, "model") == "none"
+    with pytest.raises(NoChatTemplateError):
+        format_prompt(tok, messages)
+    assert use_plain_chat_template(tok, "auto") == "plain"
+    bos = tok.bos_token
+    assert format_prompt(tok, messages) == (
+        f"{bos}Be brief.\n\nUser: what ?\n\nAssistant: this .\n\nUser: and ?\n\nAssistant:"
+    )
+    # A tokenizer with its own template keeps it under "auto" and "model"; "plain" replaces it.
+    own = _tiny_tokenizer()
+    expected = format_prompt(own, messages)
+    assert use_plain_chat_template(own, "auto") == "model"
+    assert use_plain_chat_template(own, "model") == "model"
+    assert format_prompt(own, messages) == expected
+    assert use_plain_chat_template(own, "plain") == "plain"
+    assert format_prompt(own, messages).endswith("User: and ?\n\nAssistant:")
+    with pytest.raises(ValueError, match="chat template mode"):
+        use_plain_chat_template(own, "chatml")
 
 
 def test_format_prompt_bad_input():
@@ -529,5 +559,40 @@ def test_gemma3(model_cache):
     assert max(scores, key=scores.get) == " Paris", scores
     with pytest.raises(NoChatTemplateError):  # a base model: no chat template
         format_prompt(lm.tokenizer, [{"role": "user", "content": "hi"}])
+    assert use_plain_chat_template(lm.tokenizer, "auto") == "plain"
+    text = format_prompt(lm.tokenizer, [{"role": "user", "content": "hi"}])
+    assert text == "<bos>User: hi\n\nAssistant:"
     again = load_model("gemma3-270m", cache_dir=model_cache)
     assert again.weights_hash == lm.weights_hash
+
+
+def test_cli_chat_template_choices_match():
+    from introspect import cli
+
+    assert cli.CHAT_TEMPLATE_CHOICES == models.CHAT_TEMPLATE_CHOICES
+
+
+def test_resolve_device():
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == resolve_device("auto")
+    assert resolve_device("CPU") == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("abacus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+
+
+def test_cli_device_errors(tmp_path, capsys):
+    from introspect.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("")
+    for argv in (
+        ["extract", "--model", "m", "--pairs", str(pairs), "--out", str(tmp_path / "o")],
+        ["measure", "--model", "m", "--pairs", str(pairs)],
+    ):
+        assert main([*argv, "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err

@@ -7,6 +7,8 @@ extraction engine; each explainer predicts Δ from those hidden states, and
 and against the fixed labels (Orig). Explainers:
 
 - ``probe``: the probe trained alongside the model, as saved in the checkpoint;
+- ``probe-diff``: the difference probe (on h(x') − h(x)) trained alongside it, where the
+  checkpoint has one;
 - ``ridge-m0``: a ridge probe fitted once on the starting model's hidden states (frozen), applied
   to each checkpoint's hidden states.
 
@@ -50,7 +52,7 @@ def _say(msg: str) -> None:
 
 
 def _extract(lm, pairs, layer: int, batch_tokens: int):
-    """f(x), f(x') and the layer's hidden states of x on ``pairs`` (pair order)."""
+    """f(x), f(x') and the layer's hidden states of x and of x' on ``pairs`` (pair order)."""
     from dataclasses import replace
 
     from introspect.extract import ExtractConfig, extract_pairs
@@ -59,15 +61,16 @@ def _extract(lm, pairs, layer: int, batch_tokens: int):
     config = ExtractConfig(layers=(layer,), batch_tokens=batch_tokens)
     if check_tree_layout(lm.model, lm.tokenizer, pairs[0]) is not None:
         config = replace(config, layout="paths")
-    f_x, f_mod, hs, ids = [], [], [], []
+    f_x, f_mod, hs, hms, ids = [], [], [], [], []
     for res in extract_pairs(lm.model, lm.tokenizer, pairs, config):
         ids.extend(res.ids)
         f_x.append(res.f_x)
         f_mod.append(res.f_mod)
         hs.append(res.hidden[(layer, "last", "x")])
+        hms.append(res.hidden[(layer, "last", "mod")])
     if ids != [p.id for p in pairs]:
         raise RuntimeError("the extraction returned the pairs in another order")
-    return np.concatenate(f_x), np.concatenate(f_mod), np.concatenate(hs)
+    return np.concatenate(f_x), np.concatenate(f_mod), np.concatenate(hs), np.concatenate(hms)
 
 
 def evaluate_training(
@@ -81,19 +84,22 @@ def evaluate_training(
     include_start: bool = True,
     batch_tokens: int = 4096,
     plots: bool = True,
+    device: str = "auto",
     say: Callable[[str], None] = _say,
 ) -> dict[str, Any]:
     """Evaluates every checkpoint of ``train_dir`` on the held-out pairs of ``pairs_path``
     against the fixed labels of ``labels_run`` (an extract run holding every held-out pair);
-    writes the files listed in the module docstring into ``out`` and returns the summary."""
+    writes the files listed in the module docstring into ``out`` and returns the summary.
+    ``device``: where the models run (``"auto"``: a GPU if one is visible)."""
     from introspect import explain
     from introspect.data import read_pairs
     from introspect.explain import ArraySource
     from introspect.labels import labels_from_run, load_labels
-    from introspect.models import load_model
+    from introspect.models import load_model, resolve_device
     from introspect.train import checkpoint as ck
 
     t_start = time.perf_counter()
+    device = resolve_device(device)
     train_dir, out = Path(train_dir), Path(out)
     if not (train_dir / ck.TRAIN_JSON).is_file():
         raise EvalError(f"{train_dir}: no {ck.TRAIN_JSON} here (not a training directory)")
@@ -128,7 +134,10 @@ def evaluate_training(
         plan.append((0, base_spec, [("ridge-m0", ridge)]))
     for step, path in checkpoints:
         spec = str(path / "model") if model_trains else base_spec
-        plan.append((step, spec, [("probe", explain.load(path / "probe")), ("ridge-m0", ridge)]))
+        trained = [("probe", explain.load(path / "probe"))]
+        if (path / "probe-diff").is_dir():
+            trained.append(("probe-diff", explain.load(path / "probe-diff")))
+        plan.append((step, spec, [*trained, ("ridge-m0", ridge)]))
 
     objective = doc.get("behaviour_objective", "none")
     records: list[dict[str, Any]] = []
@@ -138,8 +147,8 @@ def evaluate_training(
     for step, spec, explainers in plan:
         t0 = time.perf_counter()
         if spec not in cache:
-            lm = load_model(spec, dtype="float32")
-            f_x, f_mod, h = _extract(lm, pairs, layer, batch_tokens)
+            lm = load_model(spec, dtype="float32", device=device)
+            f_x, f_mod, h, h_mod = _extract(lm, pairs, layer, batch_tokens)
             obj = None
             if objective != "none":
                 from introspect.train.objectives import TrainError, objective_logprob
@@ -148,12 +157,13 @@ def evaluate_training(
                     obj = objective_logprob(lm.model, lm.tokenizer, pairs, objective)
                 except TrainError as exc:
                     say(f"note: no objective log-probability on the held-out pairs ({exc})")
-            cache = {spec: (f_x, f_mod, h, obj)}
+            cache = {spec: (f_x, f_mod, h, h_mod, obj)}
             del lm
-        f_x, f_mod, h, obj = cache[spec]
+        f_x, f_mod, h, h_mod, obj = cache[spec]
         delta = f_mod - f_x
         for name, expl in explainers:
-            pred = expl.predict(ArraySource(h, ids=ids))
+            diff = getattr(getattr(expl, "config", None), "mode", "direct") == "difference"
+            pred = expl.predict(ArraySource(h, h_mod if diff else None, ids=ids))
             records.extend(prediction_records(ids, pred, delta, y, checkpoint=step, explainer=name))
         behaviour.append(
             {

@@ -17,9 +17,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from introspect.data import PairError
     from introspect.evaluate.checkpoints import EvalError, evaluate_training
     from introspect.labels import LabelError
-    from introspect.models import ModelLoadError
+    from introspect.models import ModelLoadError, resolve_device
     from introspect.run import RunError
 
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
     if args.n_boot < 0:
         _error(f"--n-boot must be >= 0, got {args.n_boot}")
         return 2
@@ -34,6 +39,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             include_start=not args.no_start,
             batch_tokens=args.batch_tokens,
             plots=not args.no_plots,
+            device=args.device,
         )
     except (EvalError, LabelError, PairError, RunError, ModelLoadError, OSError) as exc:
         _error(str(exc))
@@ -90,6 +96,12 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
         help="extract run of the source model holding every held-out pair",
     )
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the models run: auto (a CUDA GPU if one is visible, else cpu), cpu, cuda, "
+        "cuda:N",
+    )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument(

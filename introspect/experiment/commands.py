@@ -51,6 +51,8 @@ def _cmd_coupling(args: argparse.Namespace) -> int:
             n_boot=args.n_boot,
             layer=args.layer,
             pair_files=_pair_files(args.pairs),
+            device=args.device,
+            batch_tokens=args.batch_tokens,
         )
     except (ExperimentError, ValueError) as exc:
         _error(str(exc))
@@ -129,12 +131,23 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         "when it cannot be loaded",
     )
     c.add_argument("--resume", action="store_true", help="skip the stages already completed")
+    c.add_argument(
+        "--device",
+        default="auto",
+        help="where the models run: auto (a CUDA GPU if one is visible, else cpu), cpu, cuda, "
+        "cuda:N",
+    )
     c.add_argument("--n-train", type=int, help="training pairs per task (preset's by default)")
     c.add_argument("--n-held", type=int, help="held-out pairs per task")
     c.add_argument("--steps", type=int, help="training steps per condition")
     c.add_argument("--checkpoint-every", type=int, metavar="K", help="checkpoint every K steps")
     c.add_argument("--n-boot", type=int, help="bootstrap replicates")
     c.add_argument("--layer", type=int, help="probe layer (default: the middle layer)")
+    c.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="token budget of one extraction forward (default 2048; raise it on a GPU)",
+    )
     c.add_argument(
         "--pairs",
         action="append",

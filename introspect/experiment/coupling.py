@@ -112,6 +112,7 @@ class ExperimentConfig:
     all_conditions_for_every_task: bool = False
     pair_files: dict[str, tuple[str, str]] = field(default_factory=dict)
     batch_tokens: int = 2048
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         from introspect.data.tasks import TASKS
@@ -128,7 +129,8 @@ class ExperimentConfig:
                 problems.append(f"task {t!r} has no behaviour-shifting objective")
         if len(set(self.tasks)) != len(self.tasks):
             problems.append(f"a task is named twice: {','.join(self.tasks)}")
-        for name in ("n_train", "n_held", "steps", "batch_size", "checkpoint_every"):
+        sizes = ("n_train", "n_held", "steps", "batch_size", "checkpoint_every", "batch_tokens")
+        for name in sizes:
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_train < 2 or self.n_held < 3:
@@ -138,6 +140,12 @@ class ExperimentConfig:
         for p in self.noise_levels:
             if not 0.0 < p <= 1.0:
                 problems.append(f"noise levels lie in (0, 1]; got {p}")
+        try:
+            from introspect.models import resolve_device
+
+            resolve_device(self.device)
+        except ValueError as exc:
+            problems.append(str(exc))
         for t in self.pair_files:
             if t not in self.tasks:
                 problems.append(f"pair files given for {t!r}, which is not among the tasks")
@@ -163,6 +171,7 @@ class ExperimentConfig:
         """What a resumed run must share with the run it continues."""
         d = self.to_json()
         d.pop("out")
+        d.pop("device")  # a run may continue on another device
         return d
 
 
@@ -232,6 +241,12 @@ def plan_stages(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, Any]]]:
     return stages
 
 
+def _utc_now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -276,6 +291,7 @@ class _State:
                 raise ExperimentError(f"{out} exists and is not empty; choose another --out")
             self.doc = {
                 "format_version": FORMAT_VERSION,
+                "started_utc": _utc_now(),
                 "identity": cfg.identity(),
                 "config": cfg.to_json(),
                 "stages": {},
@@ -314,6 +330,7 @@ def _extract_run(
     from introspect.data import read_pairs
     from introspect.extract import ExtractConfig, extract_pairs
     from introspect.extract.engine import PREFIX_WINDOW, check_tree_layout, shared_prefix
+    from introspect.models import PLAIN_CHAT_TEMPLATE
     from introspect.run import RunWriter
 
     pairs, _ = read_pairs(pairs_path)
@@ -325,7 +342,14 @@ def _extract_run(
         out,
         model_id=model_spec,
         weights_hash=lm.weights_hash,
-        config={**config.to_json(), "dtype": "float32", "prefix_tokens": len(prefix)},
+        config={
+            **config.to_json(),
+            "dtype": "float32",
+            "prefix_tokens": len(prefix),
+            "chat_template": (
+                "plain" if lm.tokenizer.chat_template == PLAIN_CHAT_TEMPLATE else "model"
+            ),
+        },
         input_hash=_sha256(pairs_path),
         layers=[layer],
         positions=["last"],
@@ -352,7 +376,15 @@ def run_coupling(
     from introspect.data import read_pairs, write_pairs
     from introspect.data.tasks import generate
     from introspect.evaluate.checkpoints import evaluate_training
-    from introspect.models import ModelLoadError, NoChatTemplateError, load_model
+    from introspect.models import (
+        ModelLoadError,
+        NoChatTemplateError,
+        load_model,
+        resolve_device,
+        use_plain_chat_template,
+    )
+
+    device = resolve_device(cfg.device)
     from introspect.train import TrainConfig, train
 
     out = Path(cfg.out)
@@ -429,7 +461,11 @@ def run_coupling(
             shutil.rmtree(dest, ignore_errors=True)
             spec = cfg.model if which == "m0" else cfg.label_model
             try:
-                lm = load_model(spec, dtype="float32")
+                lm = load_model(spec, dtype="float32", device=device)
+                # A base model (no chat template) reads the chat prompts as a transcript.
+                template = use_plain_chat_template(lm.tokenizer, "auto")
+                if template == "plain":
+                    say(f"  {spec} has no chat template: its prompts are plain transcripts")
                 layer = main_layer() if which == "m0" else lm.n_layers // 2
                 n = _extract_run(
                     lm,
@@ -449,7 +485,7 @@ def run_coupling(
                 say(f"  no labels from {spec}: {reason}; its condition is skipped")
                 state.record(name, time.perf_counter() - t0, skipped=reason)
                 continue
-            info.update(model=spec, n=n)
+            info.update(model=spec, n=n, chat_template=template)
         elif kind == "train":
             cond: Condition = args["cond"]
             which = cond.labels
@@ -477,6 +513,7 @@ def run_coupling(
                 shuffle_labels=cond.shuffle,
                 checkpoint_every=cfg.checkpoint_every if cond.trajectory else cfg.steps,
                 seed=cfg.seed,
+                device=device,
             )
             clock = {"steps_from": time.perf_counter(), "first": None}
 
@@ -512,6 +549,7 @@ def run_coupling(
                 seed=cfg.seed,
                 include_start=cond.trajectory or not cond.concurrent,
                 batch_tokens=cfg.batch_tokens,
+                device=device,
                 say=lambda m, _n=name: say(f"  [{_n}] {m}"),
             )
             info.update(checkpoints=summary["checkpoints"], n=summary["n"])

@@ -14,7 +14,7 @@ from introspect._io import write_json_atomic
 __all__ = ["collect_results", "final_rows", "verdict", "write_report"]
 
 METRIC = "pearson"
-EXPLAINERS = ("probe", "ridge-m0")
+EXPLAINERS = ("probe", "probe-diff", "ridge-m0")
 
 
 def final_rows(rows: list[dict[str, Any]], explainer: str) -> dict[str, dict[str, Any]]:
@@ -76,16 +76,25 @@ def verdict(r: dict[str, Any] | None, *, expect: str = "positive") -> str:
     raise ValueError(expect)
 
 
-def _claim(text: str, entry: dict[str, Any] | None, side: str, expect: str = "positive") -> str:
+def _claim(
+    text: str,
+    entry: dict[str, Any] | None,
+    side: str,
+    expect: str = "positive",
+    explainer: str = "probe",
+) -> str:
     if entry is None:
         return f"- {text}: not tested in this run."
     if "skipped" in entry:
         return f"- {text}: not tested (skipped: {entry['skipped']})."
-    r = entry["rows"]["probe"].get(side)
+    rows = entry["rows"].get(explainer) or {}
+    if not rows:
+        return f"- {text}: not tested (no {explainer} in this run)."
+    r = rows.get(side)
     name = {"gap": "gap", "self": "Self", "orig": "Orig"}[side]
     return (
         f"- {text}: **{verdict(r, expect=expect)}** ({name} {_ci(r)} with 95% CI; "
-        f"{entry['task']}/{entry['condition']}, probe, last checkpoint)."
+        f"{entry['task']}/{entry['condition']}, {explainer}, last checkpoint)."
     )
 
 
@@ -157,12 +166,13 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
                     figures.append((f"{e['task']}, concurrent: {what}", f"{e['dir']}/{fname}"))
     env = _environment()
     by = {(e["task"], e["condition"]): e for e in results}
-    first = cfg.tasks[0]
     lines = [
         "# Introspective coupling experiment",
         "",
         f"Model `{cfg.model}`, tasks {', '.join(cfg.tasks)}, preset `{cfg.preset}`, seed "
-        f"{cfg.seed}; run on {env['date']} ({env['machine']}; torch {env['torch']}, "
+        f"{cfg.seed}; "
+        + (f"started {state['started_utc']}, " if state.get("started_utc") else "")
+        + f"report written {env['date']} ({env['machine']}; torch {env['torch']}, "
         f"{env['torch_threads']} threads; introspect {env['introspect']}).",
         "",
         "Self = Pearson r between the probe's prediction of Δ and the *current* model's Δ "
@@ -170,7 +180,9 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
         "labels it was trained on (for the label-model condition: that model's Δ); gap = "
         "Self − Orig. Intervals: paired bootstrap, 95%, over held-out pairs. Every number "
         "below is read from the `metrics.jsonl` (and `behaviour.jsonl`) of the evaluation "
-        "directory named in the table.",
+        "directory named in the table. Explainers: `probe` (linear, on the hidden state of x, "
+        "trained alongside the model), `probe-diff` (linear, on h(x') − h(x), trained alongside "
+        "it) and `ridge-m0` (ridge on the starting model's hidden states, fitted once).",
         "",
         "## Figures",
         "",
@@ -231,65 +243,78 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
         )
 
     lines += ["", "## Which of the paper's claims held here", ""]
-    claims = [
-        _claim(
-            f"Self > Orig under concurrent post-training ({first})",
-            by.get((first, "concurrent")),
-            "gap",
-        ),
-        _claim(
-            f"The probe learns the fixed labels (Orig > 0, {first})",
-            by.get((first, "concurrent")),
-            "orig",
-        ),
-    ]
-    for p in cfg.noise_levels:
+    claims = []
+    for task in cfg.tasks:
+        claims += [
+            _claim(
+                f"Self > Orig under concurrent post-training ({task})",
+                by.get((task, "concurrent")),
+                "gap",
+            ),
+            _claim(
+                f"Self > Orig under concurrent post-training, difference probe ({task})",
+                by.get((task, "concurrent")),
+                "gap",
+                explainer="probe-diff",
+            ),
+            _claim(
+                f"The probe learns the fixed labels (Orig > 0, {task})",
+                by.get((task, "concurrent")),
+                "orig",
+            ),
+        ]
+        for p in cfg.noise_levels:
+            if (task, f"noise-{p:g}") in by:
+                claims.append(
+                    _claim(
+                        f"Self > Orig survives {p:.0%} label noise ({task})",
+                        by[(task, f"noise-{p:g}")],
+                        "gap",
+                    )
+                )
+        if cfg.label_model and (task, f"label-{cfg.label_model}") in by:
+            claims.append(
+                _claim(
+                    f"Self > Orig with labels from another model ({cfg.label_model}, {task})",
+                    by[(task, f"label-{cfg.label_model}")],
+                    "gap",
+                )
+            )
         claims.append(
             _claim(
-                f"Self > Orig survives {p:.0%} label noise ({first})",
-                by.get((first, f"noise-{p:g}")),
+                f"Control, frozen model: gap consistent with 0 ({task})",
+                by.get((task, "frozen")),
                 "gap",
+                "zero",
             )
         )
-    if cfg.label_model:
-        claims.append(
-            _claim(
-                f"Self > Orig with labels from another model ({cfg.label_model})",
-                by.get((first, f"label-{cfg.label_model}")),
-                "gap",
+        if (task, "shuffled") in by:
+            claims.append(
+                _claim(
+                    f"Control, shuffled labels: Self consistent with 0 ({task})",
+                    by[(task, "shuffled")],
+                    "self",
+                    "zero",
+                )
             )
-        )
-    else:
+    if not cfg.label_model:
         claims.append(
             "- Self > Orig with labels from another model family: not tested (no "
             "`--label-model` given)."
         )
-    for task in cfg.tasks[1:]:
-        claims.append(
-            _claim(f"Self > Orig for {task}", by.get((task, "concurrent")), "gap"),
-        )
     if "refusal" not in cfg.tasks:
         claims.append("- Self > Orig for refusal: not tested (task not run).")
-    claims += [
-        _claim(
-            f"Control, frozen model: gap consistent with 0 ({first})",
-            by.get((first, "frozen")),
-            "gap",
-            "zero",
-        ),
-        _claim(
-            f"Control, shuffled labels: Self consistent with 0 ({first})",
-            by.get((first, "shuffled")),
-            "self",
-            "zero",
-        ),
-    ]
     lines += claims
     lines += [
         "",
         '"supported": the 95% interval lies above 0; "not supported": it includes 0; '
-        '"contradicted": it lies below 0. With the small samples of a quick run, intervals '
-        'are wide and "not supported" means the run cannot tell, not that the claim is false.',
+        '"contradicted": it lies below 0. "Not supported" means this run cannot tell, not that '
+        "the claim is false"
+        + (
+            "; the small samples of a quick run give wide intervals."
+            if cfg.preset == "quick"
+            else "."
+        ),
         "",
         "## Wall time per stage",
         "",

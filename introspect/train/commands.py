@@ -45,6 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             optimizer_state=args.optimizer_state,
             seed=args.seed,
+            device=args.device,
         )
     except TrainError as exc:
         _error(str(exc))
@@ -107,6 +108,12 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
         help="extract run of the source model holding every training pair",
     )
     p.add_argument("--out", required=True, help="training directory to create (or resume)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the model trains: auto (a CUDA GPU if one is visible, else cpu), cpu, "
+        "cuda, cuda:N",
+    )
     p.add_argument(
         "--concurrent",
         action="store_true",

@@ -9,8 +9,10 @@ Per step, on a minibatch of training pairs::
   the choice's tokens (see :mod:`introspect.train.objectives`);
 - ``L_explain``: MSE between a linear probe on the *current* model's hidden state of x (decoder
   ``layer`` at the last prompt token, standardised by M0's feature mean and scale) and the fixed
-  labels (Δ of the source run, standardised by their mean and deviation). Its gradient reaches
-  the probe, and the model too only with ``explainer_grad_to_model``;
+  labels (Δ of the source run, standardised by their mean and deviation), plus the same for a
+  *difference* probe on h(x') − h(x) (with ``difference_probe``, the default; x' is run
+  without gradient). Its gradient reaches the probes, and the model too only with
+  ``explainer_grad_to_model``;
 - ``L_reg`` (with ``concurrent`` and ``w_reg > 0``): mean KL(p_M0 ‖ p_θ) of the choice
   distribution on x' (the input without the cue), which keeps behaviour on non-cue inputs close
   to the start.
@@ -57,7 +59,7 @@ FORMAT_VERSION = 1
 _OPT_FILE = "optimizer.safetensors"
 _INIT_FILE = "init.safetensors"
 # Settings that may differ between a run and its resumption.
-_MUTABLE = ("steps", "out", "optimizer_state")
+_MUTABLE = ("steps", "out", "optimizer_state", "device")
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,13 @@ class TrainConfig:
     w_explain: float = 1.0
     w_reg: float = 0.0
     explainer_grad_to_model: bool = False
+    difference_probe: bool = True
     noise: float = 0.0
     shuffle_labels: bool = False
     checkpoint_every: int = 5
     optimizer_state: str = "last"
     seed: int = 0
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -102,6 +106,12 @@ class TrainConfig:
                 problems.append(f"{name} must be a finite number >= 0, got {v}")
         if not 0.0 <= float(self.noise) <= 1.0:
             problems.append(f"noise must lie in [0, 1], got {self.noise}")
+        try:
+            from introspect.models import resolve_device
+
+            resolve_device(self.device)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.optimizer_state not in ("last", "all"):
             problems.append(
                 f"optimizer_state must be 'last' or 'all', got {self.optimizer_state!r}"
@@ -148,29 +158,46 @@ def _say(msg: str) -> None:
 
 
 @torch.no_grad()
-def _initial_pass(model, enc_x, enc_mod, layer: int, want_ref: bool, batch: int):
-    """M0's hidden states of x at ``layer`` [N, D] (float64) and, when asked, its choice
-    log-probabilities on x' (a flat float64 array and the per-pair choice counts)."""
-    hs, refs = [], []
+def _initial_pass(model, enc_x, enc_mod, layer: int, want_ref: bool, want_mod: bool, batch: int):
+    """M0's hidden states of x at ``layer`` [N, D] (float64), of x' when ``want_mod`` (else
+    None) and, when ``want_ref``, its choice log-probabilities on x' (a flat float64 array and
+    the per-pair choice counts)."""
+    hs, hms, refs = [], [], []
     for lo in range(0, len(enc_x), batch):
         chunk = enc_x[lo : lo + batch]
         _, h = target_forward(model, chunk, [0] * len(chunk), layer=layer)
-        hs.append(h.double())
+        hs.append(h.double().cpu())
+        if want_mod:
+            chunk_mod = enc_mod[lo : lo + batch]
+            _, hm = target_forward(model, chunk_mod, [0] * len(chunk_mod), layer=layer)
+            hms.append(hm.double().cpu())
         if want_ref:
             refs.extend(choice_logps(model, enc_mod[lo : lo + batch]))
     h0 = torch.cat(hs).numpy()
+    h0_mod = torch.cat(hms).numpy() if want_mod else None
     if not want_ref:
-        return h0, np.zeros(0), np.zeros(0, dtype=np.int64)
+        return h0, h0_mod, np.zeros(0), np.zeros(0, dtype=np.int64)
     counts = np.array([len(r) for r in refs], dtype=np.int64)
-    return h0, torch.cat(refs).double().numpy(), counts
+    return h0, h0_mod, torch.cat(refs).double().cpu().numpy(), counts
 
 
-def _probe_explainer(cfg: TrainConfig, layer: int, w, b, mu, sd, ybar, ysd, step: int):
-    """The probe as a :class:`~introspect.explain.ProbeExplainer` on raw hidden states."""
+def _standardiser(h: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature mean and scale (a near-constant feature keeps scale 1)."""
+    mu = h.mean(0)
+    sdv = h.std(0)
+    sdv = np.where(sdv > 1e-8 * max(sdv.max(), 1e-30), sdv, 1.0)
+    return torch.from_numpy(mu), torch.from_numpy(sdv)
+
+
+def _probe_explainer(
+    cfg: TrainConfig, layer: int, w, b, mu, sd, ybar, ysd, step: int, mode: str = "direct"
+):
+    """The probe as a :class:`~introspect.explain.ProbeExplainer` on raw hidden states (of x for
+    ``mode="direct"``, h(x') − h(x) for ``"difference"``)."""
     from introspect.explain import ProbeConfig, ProbeExplainer
 
     pc = ProbeConfig(
-        mode="direct",
+        mode=mode,
         layers=(layer,),
         position="last",
         solver="gradient",
@@ -179,9 +206,9 @@ def _probe_explainer(cfg: TrainConfig, layer: int, w, b, mu, sd, ybar, ysd, step
         batch_size=cfg.batch_size,
     )
     probe = ProbeExplainer(pc)
-    w64 = w.detach().double() / sd
+    w64 = w.detach().cpu().double() / sd
     weight = w64 * ysd
-    bias = (b.detach().double() - w64 @ mu) * ysd + ybar
+    bias = (b.detach().cpu().double() - w64 @ mu) * ysd + ybar
     probe.params = {"weight": weight.float().contiguous(), "bias": bias.float().contiguous()}
     probe.dim = int(w.shape[1])
     probe.layers = [layer]
@@ -201,9 +228,10 @@ def train(
     from introspect.data import read_pairs
     from introspect.explain import ArraySource, ProbeConfig, ProbeExplainer
     from introspect.labels import apply_noise, labels_from_run, save_labels, shuffle_labels
-    from introspect.models import load_model
+    from introspect.models import load_model, resolve_device
 
     cfg = config
+    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     t_start = time.perf_counter()
     existing = ck.list_checkpoints(out)
@@ -249,10 +277,10 @@ def train(
         state_json = ck.read_json(last / "state.json")
         log = list(state_json["log"])
         src = str(last / "model") if cfg.concurrent else cfg.model
-        lm = load_model(src, dtype="float32")
+        lm = load_model(src, dtype="float32", device=device)
         base_info = saved["model"]
     else:
-        lm = load_model(cfg.model, dtype="float32")
+        lm = load_model(cfg.model, dtype="float32", device=device)
         base_info = {
             "spec": cfg.model,
             "weights_hash": lm.weights_hash,
@@ -271,32 +299,39 @@ def train(
     torch.manual_seed(cfg.seed)
 
     enc_x = encode_pairs(tok, pairs, "x")
-    enc_mod = encode_pairs(tok, pairs, "mod") if cfg.concurrent and cfg.w_reg > 0 else None
+    want_ref = cfg.concurrent and cfg.w_reg > 0
+    enc_mod = encode_pairs(tok, pairs, "mod") if want_ref or cfg.difference_probe else None
     y = labels.values.astype(np.float64)
     ybar, ysd = float(y.mean()), float(y.std()) or 1.0
     if resume:
         init = load_file(str(out / _INIT_FILE))
         mu64, sd64 = init["feat_mean"], init["feat_scale"]
+        mu_d64, sd_d64 = init.get("diff_mean"), init.get("diff_scale")
         ref_flat, ref_counts = init["ref_logps"], init["ref_counts"]
     else:
         t0 = time.perf_counter()
-        h0, ref_flat_np, counts_np = _initial_pass(
-            model, enc_x, enc_mod, layer, enc_mod is not None, max(cfg.batch_size, 8)
+        h0, h0_mod, ref_flat_np, counts_np = _initial_pass(
+            model,
+            enc_x,
+            enc_mod,
+            layer,
+            want_ref,
+            cfg.difference_probe,
+            max(cfg.batch_size, 8),
         )
-        mu = h0.mean(0)
-        sdv = h0.std(0)
-        sdv = np.where(sdv > 1e-8 * max(sdv.max(), 1e-30), sdv, 1.0)
-        mu64, sd64 = torch.from_numpy(mu), torch.from_numpy(sdv)
+        mu64, sd64 = _standardiser(h0)
         ref_flat, ref_counts = torch.from_numpy(ref_flat_np), torch.from_numpy(counts_np)
-        save_file(
-            {
-                "feat_mean": mu64,
-                "feat_scale": sd64,
-                "ref_logps": ref_flat,
-                "ref_counts": ref_counts,
-            },
-            str(out / _INIT_FILE),
-        )
+        init_tensors = {
+            "feat_mean": mu64,
+            "feat_scale": sd64,
+            "ref_logps": ref_flat,
+            "ref_counts": ref_counts,
+        }
+        mu_d64 = sd_d64 = None
+        if cfg.difference_probe:
+            mu_d64, sd_d64 = _standardiser(h0_mod - h0)
+            init_tensors.update(diff_mean=mu_d64, diff_scale=sd_d64)
+        save_file(init_tensors, str(out / _INIT_FILE))
         save_labels(labels, out / "labels.json")
         folds = min(5, len(pairs))
         ridge = ProbeExplainer(
@@ -313,15 +348,23 @@ def train(
         ridge.save(out / "ridge-m0")
         say(f"M0 pass over {len(pairs)} training pairs: {time.perf_counter() - t0:.1f} s")
     refs = list(torch.split(ref_flat, [int(c) for c in ref_counts])) if len(ref_counts) else []
-    mu32, sd32 = mu64.float(), sd64.float()
-    y_std = torch.from_numpy((y - ybar) / ysd).float()
+    mu32, sd32 = mu64.float().to(device), sd64.float().to(device)
+    y_std = torch.from_numpy((y - ybar) / ysd).float().to(device)
 
     for p in model.parameters():
         p.requires_grad_(cfg.concurrent)
     d = lm.hidden_size
-    w = torch.zeros(1, d, requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    groups = [{"params": [w, b], "lr": cfg.probe_lr, "weight_decay": 0.0}]
+    w = torch.zeros(1, d, device=device, requires_grad=True)
+    b = torch.zeros(1, device=device, requires_grad=True)
+    # The difference probe reads h(x') − h(x) (same layer and position).
+    w_d = torch.zeros(1, d, device=device, requires_grad=True)
+    b_d = torch.zeros(1, device=device, requires_grad=True)
+    probe_params = [w, b] + ([w_d, b_d] if cfg.difference_probe else [])
+    if cfg.difference_probe and mu_d64 is None:
+        raise TrainError(f"{out}: the starting pass has no difference features; start afresh")
+    mu_d32 = mu_d64.float().to(device) if cfg.difference_probe else None
+    sd_d32 = sd_d64.float().to(device) if cfg.difference_probe else None
+    groups = [{"params": probe_params, "lr": cfg.probe_lr, "weight_decay": 0.0}]
     if cfg.concurrent:
         model_params = [p for p in model.parameters() if p.requires_grad]
         groups.insert(0, {"params": model_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
@@ -331,6 +374,9 @@ def train(
         with torch.no_grad():
             w.copy_(st["probe.weight"])
             b.copy_(st["probe.bias"])
+            if cfg.difference_probe:
+                w_d.copy_(st["probe_diff.weight"])
+                b_d.copy_(st["probe_diff.bias"])
         torch.set_rng_state(st["rng.torch"])
         ck.load_optimizer(opt, last / _OPT_FILE)
         say(f"resumed from {last} (step {start_step})")
@@ -346,6 +392,7 @@ def train(
         "label_mean": ybar,
         "label_sd": ysd,
         "model_trains": bool(cfg.concurrent),
+        "device": device,
         "behaviour_objective": cfg.objective if active else "none",
     }
 
@@ -369,14 +416,19 @@ def train(
             model.save_pretrained(tmp / "model")
             tok.save_pretrained(tmp / "model")
         _probe_explainer(cfg, layer, w, b, mu64, sd64, ybar, ysd, step).save(tmp / "probe")
-        save_file(
-            {
-                "probe.weight": w.detach().clone(),
-                "probe.bias": b.detach().clone(),
-                "rng.torch": torch.get_rng_state(),
-            },
-            str(tmp / "state.safetensors"),
-        )
+        tensors = {
+            "probe.weight": w.detach().cpu().clone(),
+            "probe.bias": b.detach().cpu().clone(),
+            "rng.torch": torch.get_rng_state(),
+        }
+        if cfg.difference_probe:
+            diff = _probe_explainer(
+                cfg, layer, w_d, b_d, mu_d64, sd_d64, ybar, ysd, step, mode="difference"
+            )
+            diff.save(tmp / "probe-diff")
+            tensors.update({"probe_diff.weight": w_d.detach().cpu().clone()})
+            tensors.update({"probe_diff.bias": b_d.detach().cpu().clone()})
+        save_file(tensors, str(tmp / "state.safetensors"))
         ck.save_optimizer(opt, tmp / _OPT_FILE)
         ck.write_json(
             tmp / "state.json",
@@ -393,6 +445,7 @@ def train(
     for step in range(start_step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         rows = batch_rows(n, cfg.batch_size, step, cfg.seed)
+        y_batch = y_std[torch.from_numpy(rows).to(device)]
         bx = [enc_x[i] for i in rows]
         bt = [targets[i] for i in rows]
         if cfg.concurrent:
@@ -402,14 +455,22 @@ def train(
                 logp_t, h = target_forward(model, bx, bt, layer=layer)
         h_in = h if cfg.explainer_grad_to_model else h.detach()
         pred = ((h_in - mu32) / sd32) @ w.t() + b
-        l_exp = torch.mean((pred[:, 0] - y_std[rows]) ** 2)
+        l_exp = torch.mean((pred[:, 0] - y_batch) ** 2)
         zero = torch.zeros((), dtype=l_exp.dtype)
+        l_diff = zero
+        if cfg.difference_probe:
+            bm = [enc_mod[i] for i in rows]
+            with torch.set_grad_enabled(cfg.concurrent and cfg.explainer_grad_to_model):
+                _, h_mod = target_forward(model, bm, [0] * len(bm), layer=layer)
+            d_in = h_mod - h_in
+            pred_d = ((d_in - mu_d32) / sd_d32) @ w_d.t() + b_d
+            l_diff = torch.mean((pred_d[:, 0] - y_batch) ** 2)
         l_beh = -logp_t.mean() if active else zero
         l_reg = zero
         if cfg.concurrent and cfg.w_reg > 0:
             cur = choice_logps(model, [enc_mod[i] for i in rows])
             l_reg = kl_to_reference(cur, [refs[i] for i in rows])
-        loss = cfg.w_behaviour * l_beh + cfg.w_explain * l_exp + cfg.w_reg * l_reg
+        loss = cfg.w_behaviour * l_beh + cfg.w_explain * (l_exp + l_diff) + cfg.w_reg * l_reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -418,6 +479,7 @@ def train(
             "loss": float(loss.detach()),
             "behaviour": float(l_beh.detach()),
             "explain": float(l_exp.detach()),
+            "explain_diff": float(l_diff.detach()),
             "reg": float(l_reg.detach()),
             "target_logprob": float(logp_t.detach().mean()),
             "seconds": time.perf_counter() - t0,
@@ -425,7 +487,8 @@ def train(
         log.append(rec)
         say(
             f"step {step}/{cfg.steps}: loss {rec['loss']:.4f} (behaviour {rec['behaviour']:.4f}, "
-            f"explain {rec['explain']:.4f}, reg {rec['reg']:.4f}) {rec['seconds']:.1f} s"
+            f"explain {rec['explain']:.4f}, diff {rec['explain_diff']:.4f}, reg {rec['reg']:.4f}) "
+            f"{rec['seconds']:.1f} s"
         )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(step)

@@ -194,10 +194,9 @@ def kl_to_reference(current: Sequence[torch.Tensor], reference: Sequence[torch.T
     """Mean over prompts of KL(p_ref ‖ p_current), both renormalised over the choices."""
     terms = []
     for cur, ref in zip(current, reference, strict=True):
-        p_ref = torch.softmax(ref.to(cur.dtype), 0)
-        terms.append(
-            (p_ref * (torch.log_softmax(ref.to(cur.dtype), 0) - torch.log_softmax(cur, 0))).sum()
-        )
+        ref = ref.to(cur.device, cur.dtype)
+        p_ref = torch.softmax(ref, 0)
+        terms.append((p_ref * (torch.log_softmax(ref, 0) - torch.log_softmax(cur, 0))).sum())
     return torch.stack(terms).mean()
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
-
 from tiny import tiny_llama, tiny_tokenizer
 
 from introspect.cli import main
@@ -87,6 +87,30 @@ def test_cli_runs_every_stage_and_writes_the_report(model_dir, tmp_path):
     # Concurrent training moved the model: the current Δ differs from the labels.
     beh = read_jsonl(out / "sycophancy" / "eval-concurrent" / "behaviour.jsonl")
     assert beh[-1]["delta_vs_labels"] < 0.999999
+
+
+def test_label_model_without_chat_template_reads_plain_transcripts(model_dir, tmp_path):
+    # A base model from another "family" (other weights, no chat template) gives the labels.
+    base = tmp_path / "base"
+    tiny_llama(seed=1).save_pretrained(base)
+    tok = tiny_tokenizer()
+    tok.chat_template = None
+    tok.save_pretrained(base)
+    out = tmp_path / "run"
+    cfg = _cfg(model_dir, out, noise_levels=(), label_model=str(base))
+    run_coupling(cfg, say=lambda _m: None)
+    state = json.loads((out / "state.json").read_text())
+    labels = state["stages"]["sycophancy/labels-other"]
+    assert "skipped" not in labels and labels["chat_template"] == "plain"
+    cond = f"train-label-{base}"
+    assert "skipped" not in state["stages"][f"sycophancy/{cond}"]
+    from introspect import open_run
+
+    m0 = open_run(out / "sycophancy" / "m0")
+    other = open_run(out / "sycophancy" / "labels-other")
+    assert m0.config["chat_template"] == "model" and other.config["chat_template"] == "plain"
+    assert m0.ids == other.ids
+    assert not np.allclose(m0.delta, other.delta)  # another model's Δ, not M0's
 
 
 def test_existing_directory_needs_resume(model_dir, tmp_path):
@@ -177,3 +201,11 @@ def test_presets_plan_their_conditions():
         assert f"sycophancy/eval-{cond}" in q and f"sycophancy/eval-{cond}" in f
         assert f"refusal/eval-{cond}" in f
     assert "refusal/eval-shuffled" not in q and q[-1] == f[-1] == "report"
+
+
+def test_bad_device_is_a_clear_error(model_dir, tmp_path, capsys):
+    argv = ["experiment", "coupling", "--model", str(model_dir), "--out", str(tmp_path / "r"),
+            "--device", "abacus"]  # fmt: skip
+    assert main(argv) == 2
+    assert "unknown device 'abacus'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -130,6 +131,28 @@ def test_frozen_mode_leaves_the_model_unchanged(ws, tmp_path):
     assert expl[-1]["explain"] < expl[0]["explain"]
 
 
+def test_saved_probes_reproduce_the_training_loss(ws, tmp_path):
+    # Full-batch steps on the frozen model: the loss logged at step k + 1 is that of the probes
+    # after k updates, which the checkpoint of step k saves. Applied to the hidden states of an
+    # extract run of the same pairs (x, and x' for the difference probe), the saved explainers
+    # must give that loss again.
+    from introspect import explain, open_run
+
+    n = len(read_pairs(ws / "train.jsonl")[0])
+    out = tmp_path / "frozen"
+    train(_cfg(ws, out, steps=3, batch_size=n, checkpoint_every=1), say=lambda _m: None)
+    doc = json.loads((out / "train.json").read_text())
+    run = open_run(ws / "m0-train")
+    y = run.delta
+    ysd = y.std()
+    for key, name in (("explain", "probe"), ("explain_diff", "probe-diff")):
+        expl = explain.load(out / "ckpt-000001" / name)
+        pred = expl.predict(run)
+        mse = float(np.mean(((pred - y) / ysd) ** 2))
+        assert mse == pytest.approx(doc["log"][1][key], rel=1e-4), name
+    assert doc["log"][2]["explain_diff"] < doc["log"][0]["explain_diff"]
+
+
 def test_resume_continues_the_same_trajectory(ws, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = (
@@ -157,6 +180,7 @@ def test_resume_continues_the_same_trajectory(ws, tmp_path):
     sa = load_file(str(straight / "ckpt-000004" / "state.safetensors"))
     sb = load_file(str(resumed / "ckpt-000004" / "state.safetensors"))
     assert float((sa["probe.weight"] - sb["probe.weight"]).abs().max()) <= 1e-6
+    assert float((sa["probe_diff.weight"] - sb["probe_diff.weight"]).abs().max()) <= 1e-6
     la = json.loads((straight / "train.json").read_text())["log"]
     lb = json.loads((resumed / "train.json").read_text())["log"]
     np.testing.assert_allclose([r["loss"] for r in la], [r["loss"] for r in lb], rtol=1e-5)
@@ -193,12 +217,14 @@ def test_eval_writes_recomputable_metrics_and_plots(ws, tmp_path):
     rows = read_jsonl(out / "metrics.jsonl")
     assert rows == recompute_metrics(out / "predictions.jsonl", n_boot=200)
     keys = {(r["checkpoint"], r["explainer"]) for r in rows}
-    assert keys == {(0, "ridge-m0"), (2, "probe"), (2, "ridge-m0"), (4, "probe"), (4, "ridge-m0")}
+    assert keys == {(0, "ridge-m0")} | {
+        (s, e) for s in (2, 4) for e in ("probe", "probe-diff", "ridge-m0")
+    }
     assert {r["metric"] for r in rows} == {
         f"{s}.{m}" for s in ("self", "orig", "gap") for m in ("pearson", "spearman")
     }
     preds = read_jsonl(out / "predictions.jsonl")
-    assert len(preds) == 5 * 16
+    assert len(preds) == 7 * 16
     # At step 0 the current model is the source model: its Δ is the label.
     start = [p for p in preds if p["checkpoint"] == 0]
     np.testing.assert_allclose(
@@ -240,6 +266,13 @@ def test_bad_inputs_give_clear_errors(ws, tmp_path, capsys):
     assert "no checkpoint to resume" in capsys.readouterr().err
     assert main(_argv(ws, tmp_path / "e", "--explainer-grad-to-model")) == 2
     assert "concurrent" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(_argv(ws, tmp_path / "f", "--device", "cuda")) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+        with pytest.raises(TrainError, match="no CUDA GPU"):
+            _cfg(ws, tmp_path / "g", device="cuda")
+    with pytest.raises(TrainError, match="unknown device"):
+        _cfg(ws, tmp_path / "h", device="abacus")
     # Pairs whose objective choice cannot be found.
     hint = [dataclasses.replace(p, meta={}) for p in generate("hint", 3, seed=0)]
     with pytest.raises(TrainError, match="hint-0-000000"):
@@ -274,3 +307,29 @@ def test_explainer_gradient_reaches_the_model_only_when_asked(ws, tmp_path):
     assert max(float((moved[k] - start[k]).abs().max()) for k in start) > 1e-4
     with pytest.raises(TrainError, match="nothing that trains the model"):
         _cfg(ws, tmp_path / "b", **cfg)
+
+
+@pytest.mark.cuda
+def test_training_and_eval_on_gpu_match_cpu(ws, tmp_path):
+    # The same frozen-model run on the GPU and on the CPU: same probes and metrics up to
+    # float32 rounding of the forwards.
+    for dev in ("cpu", "cuda"):
+        train(_cfg(ws, tmp_path / dev, steps=3, device=dev), say=lambda _m: None)
+        assert json.loads((tmp_path / dev / "train.json").read_text())["device"] == dev
+    a = load_file(str(tmp_path / "cpu" / "ckpt-000003" / "state.safetensors"))
+    b = load_file(str(tmp_path / "cuda" / "ckpt-000003" / "state.safetensors"))
+    for key in ("probe.weight", "probe_diff.weight"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+    from introspect.evaluate.checkpoints import evaluate_training
+
+    rows = {}
+    for dev in ("cpu", "cuda"):
+        summary = evaluate_training(
+            tmp_path / dev, ws / "held.jsonl", ws / "m0-held", tmp_path / f"eval-{dev}",
+            n_boot=0, plots=False, device=dev, say=lambda _m: None,
+        )  # fmt: skip
+        rows[dev] = {(r["checkpoint"], r["explainer"], r["metric"]): r["value"]
+                     for r in summary["metrics"]}  # fmt: skip
+    assert rows["cpu"].keys() == rows["cuda"].keys()
+    for k, v in rows["cpu"].items():
+        assert rows["cuda"][k] == pytest.approx(v, abs=1e-3), k
