@@ -67,8 +67,8 @@ bench: install
 	@start=$$(date +%s); set -e; \
 	$(PY) benchmarks/bench_delta_probe.py --quick; \
 	$(PY) benchmarks/bench_kernels.py --quick; \
-	$(PY) benchmarks/bench_extract.py --tasks multi-feature --n 96 --name extract_bench; \
-	$(PY) benchmarks/bench_peers.py --contexts 24 --name peers_bench; \
+	$(PY) benchmarks/bench_extract.py --tasks multi-feature --n 252 --name extract_bench; \
+	$(PY) benchmarks/bench_peers.py --contexts 42 --name peers_bench; \
 	$(PY) benchmarks/bench_scaling.py --quick; \
 	$(PY) benchmarks/summary.py $(BENCH_RESULTS) --elapsed $$(( $$(date +%s) - start )) \
 		--out benchmarks/results/bench_summary.md
