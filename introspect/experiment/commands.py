@@ -95,7 +95,8 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         help="introspective coupling: Self vs Orig under concurrent post-training",
         description=(
             "Generate training and held-out pairs, extract the starting model's delta (the "
-            "fixed labels), train a probe explainer on them while the model trains on a "
+            "fixed labels), train two probe explainers on them (on h(x), and on h(x') - h(x)) "
+            "while the model trains on a "
             "behaviour-shifting objective (anti-sycophancy for sycophancy and hint, "
             "refusal-shift for refusal), and as controls with the model frozen and with "
             "shuffled labels, with label noise and with labels from another model; at every "
@@ -108,8 +109,9 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         epilog=(
             "presets:\n"
             "  quick  64 training / 64 held-out pairs, 8 steps; all conditions on the first task,\n"
-            "         concurrent + frozen on the others (about 10 minutes on 2 CPU cores, 135M)\n"
-            "  full   384 / 192 pairs, 48 steps, all conditions on every task (about 90 minutes)\n"
+            "         concurrent + frozen on the others (4 min for one task on 2 CPU cores, 135M)\n"
+            "  full   384 / 192 pairs, 48 steps, all conditions on every task (45 min for\n"
+            "         sycophancy,refusal with --label-model gemma3-270m on 2 CPU cores)\n"
             "\nexample:\n"
             "  introspect experiment coupling --model smollm2-135m --task sycophancy \\\n"
             "      --out runs/coupling --preset quick\n"
