@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from introspect._args import add_device_argument
+
 # Kept here so that building the parser imports no torch.
 PRECISIONS = ("float32", "autocast-fp16", "autocast-bf16", "bfloat16")
 CHAT_TEMPLATE_CHOICES = ("model", "plain", "auto")  # = introspect.models.CHAT_TEMPLATE_CHOICES
@@ -168,9 +170,6 @@ def _check_context(pairs, model_name, on_error, report):
     return kept
 
 
-DEVICE_HELP = (
-    "where the model runs: auto (a CUDA GPU if one is visible, else cpu), cpu, cuda, cuda:N"
-)
 CHAT_TEMPLATE_HELP = (
     "how chat-message prompts are rendered: 'model' uses the model's own chat template (an "
     "error for base models, which have none); 'plain' writes them as a transcript (system text, "
@@ -563,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     meas.add_argument(
         "--chat-template", choices=CHAT_TEMPLATE_CHOICES, default="model", help=CHAT_TEMPLATE_HELP
     )
-    meas.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_device_argument(meas)
     meas.add_argument("--by", metavar="KEY", help="also summarise delta per value of meta.KEY")
     meas.set_defaults(func=_cmd_measure)
 
@@ -585,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument(
         "--chat-template", choices=CHAT_TEMPLATE_CHOICES, default="model", help=CHAT_TEMPLATE_HELP
     )
-    ext.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_device_argument(ext)
     ext.add_argument(
         "--layers",
         default="default",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from introspect._args import add_device_argument
+
 EXIT_BAD_INPUT = 3
 
 
@@ -96,12 +98,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
         help="extract run of the source model holding every held-out pair",
     )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="where the models run: auto (a CUDA GPU if one is visible, else cpu), cpu, cuda, "
-        "cuda:N",
-    )
+    add_device_argument(p)
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from introspect._args import add_device_argument
+
 EXIT_BAD_INPUT = 3
 
 
@@ -133,12 +135,7 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         "when it cannot be loaded",
     )
     c.add_argument("--resume", action="store_true", help="skip the stages already completed")
-    c.add_argument(
-        "--device",
-        default="auto",
-        help="where the models run: auto (a CUDA GPU if one is visible, else cpu), cpu, cuda, "
-        "cuda:N",
-    )
+    add_device_argument(c)
     c.add_argument("--n-train", type=int, help="training pairs per task (preset's by default)")
     c.add_argument("--n-held", type=int, help="held-out pairs per task")
     c.add_argument("--steps", type=int, help="training steps per condition")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from introspect._args import add_device_argument
+
 OBJECTIVE_NAMES = ("anti-sycophancy", "pro-sycophancy", "refusal-shift", "none")
 EXIT_BAD_INPUT = 3
 
@@ -108,12 +110,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
         help="extract run of the source model holding every training pair",
     )
     p.add_argument("--out", required=True, help="training directory to create (or resume)")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="where the model trains: auto (a CUDA GPU if one is visible, else cpu), cpu, "
-        "cuda, cuda:N",
-    )
+    add_device_argument(p)
     p.add_argument(
         "--concurrent",
         action="store_true",
