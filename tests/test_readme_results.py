@@ -39,13 +39,16 @@ def test_results_table_matches_the_committed_metrics():
     state = json.loads((RUN / "state.json").read_text())
     assert state.get("complete"), "the committed run did not finish"
     seen = set()
-    for task, cond, expl, self_, orig, gap, verdict, r_dl in rows:
+    for task, cond, expl, metric, self_, orig, gap, verdict, r_dl in rows:
+        # Probes are reported by Pearson r, the verbal explainer by Cohen's kappa of the bins.
+        assert metric == ("κ" if expl == "verbal" else "r"), (task, cond, expl)
+        key = "kappa" if expl == "verbal" else "pearson"
         stage = f"{task}/eval-{cond}"
         assert stage in state["completed"], stage
         edir = RUN / task / f"eval-{cond}"
         metrics = [
             r for r in _jsonl(edir / "metrics.jsonl")
-            if r["explainer"] == expl and r["metric"].endswith(".pearson")
+            if r["explainer"] == expl and r["metric"].endswith(f".{key}")
         ]  # fmt: skip
         last = max(r["checkpoint"] for r in metrics)
         by = {r["metric"].split(".")[0]: r for r in metrics if r["checkpoint"] == last}

@@ -10,7 +10,11 @@ and against the fixed labels (Orig). Explainers:
 - ``probe-diff``: the difference probe (on h(x') − h(x)) trained alongside it, where the
   checkpoint has one;
 - ``ridge-m0``: a ridge probe fitted once on the starting model's hidden states (frozen), applied
-  to each checkpoint's hidden states.
+  to each checkpoint's hidden states;
+- ``verbal`` (where the run trained one): the checkpoint's model itself, asked after x and the
+  answer M0 gave how its answer would change without the feature; its answer is the binned
+  sentence with the highest log-probability. Categorical: it is scored against the current Δ and
+  the labels binned at the training run's threshold (exact match and changed-F1).
 
 Output files in ``out``: ``predictions.jsonl`` (one record per checkpoint × explainer × pair:
 ``pred``, ``current``, ``label``), ``metrics.jsonl`` (one row per checkpoint × explainer ×
@@ -32,6 +36,7 @@ import numpy as np
 
 from introspect.evaluate.metrics import (
     DEFAULT_N_BOOT,
+    bin_delta,
     pearson_r,
     prediction_records,
     recompute_metrics,
@@ -128,6 +133,13 @@ def evaluate_training(
         if overlap:
             say(f"warning: {overlap} of the {len(ids)} held-out pairs were training pairs")
 
+    verbal_doc = None
+    if doc.get("verbal"):
+        verbal_doc = ck.read_json(train_dir / doc["verbal"])
+        threshold = float(verbal_doc["threshold"])
+        y_bins = bin_delta(y, threshold)
+        verbal_answers = _base_answers(base_spec, pairs, verbal_doc, device)
+
     ridge = explain.load(train_dir / "ridge-m0")
     plan: list[tuple[int, str, list[tuple[str, Any]]]] = []
     if include_start:
@@ -138,6 +150,7 @@ def evaluate_training(
         if (path / "probe-diff").is_dir():
             trained.append(("probe-diff", explain.load(path / "probe-diff")))
         plan.append((step, spec, [*trained, ("ridge-m0", ridge)]))
+    with_verbal = {step for step, _ in checkpoints} if verbal_doc is not None else set()
 
     objective = doc.get("behaviour_objective", "none")
     records: list[dict[str, Any]] = []
@@ -157,14 +170,27 @@ def evaluate_training(
                     obj = objective_logprob(lm.model, lm.tokenizer, pairs, objective)
                 except TrainError as exc:
                     say(f"note: no objective log-probability on the held-out pairs ({exc})")
-            cache = {spec: (f_x, f_mod, h, h_mod, obj)}
+            said = None
+            if step in with_verbal:
+                from introspect.train.loop import verbal_explainer
+
+                ex = verbal_explainer(lm.model, lm.tokenizer, verbal_doc)
+                said = ex.predict(pairs, answers=verbal_answers)
+            cache = {spec: (f_x, f_mod, h, h_mod, obj, said)}
             del lm
-        f_x, f_mod, h, h_mod, obj = cache[spec]
+        f_x, f_mod, h, h_mod, obj, said = cache[spec]
         delta = f_mod - f_x
         for name, expl in explainers:
             diff = getattr(getattr(expl, "config", None), "mode", "direct") == "difference"
             pred = expl.predict(ArraySource(h, h_mod if diff else None, ids=ids))
             records.extend(prediction_records(ids, pred, delta, y, checkpoint=step, explainer=name))
+        if said is not None and step in with_verbal:
+            records.extend(
+                prediction_records(
+                    ids, said, bin_delta(delta, threshold), y_bins, checkpoint=step,
+                    explainer="verbal",
+                )
+            )  # fmt: skip
         behaviour.append(
             {
                 "checkpoint": step,
@@ -219,6 +245,19 @@ def evaluate_training(
     summary["metrics"] = rows
     summary["behaviour"] = behaviour
     return summary
+
+
+def _base_answers(spec: str, pairs, verbal_doc: dict[str, Any], device: str) -> list[str]:
+    """The starting model's answers on x of the held-out pairs (what the verbal follow-up shows,
+    as in training)."""
+    import torch
+
+    from introspect.models import load_model
+    from introspect.train.loop import verbal_explainer
+
+    lm = load_model(spec, dtype="float32", device=device)
+    with torch.no_grad():
+        return verbal_explainer(lm.model, lm.tokenizer, verbal_doc).answers(pairs)
 
 
 def _fmt(v: float | None) -> str:

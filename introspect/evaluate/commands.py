@@ -51,10 +51,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"pairs in {summary['wall_s']:.1f} s; wrote {', '.join(summary['files'])} to "
         f"{args.out}"
     )
-    print(
-        f"  {'step':>6} {'explainer':<10} {'self.pearson':>22} {'orig.pearson':>22} "
-        f"{'gap.pearson':>22}"
-    )
+    print(f"  {'step':>6} {'explainer':<10} {'metric':<8} {'self':>22} {'orig':>22} {'gap':>22}")
     table: dict[tuple, dict] = {}
     for r in summary["metrics"]:
         table.setdefault((r["checkpoint"], r["explainer"]), {})[r["metric"]] = r
@@ -66,9 +63,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return f"{r['value']:+.3f}{ci:>16}"
 
     for (step, name), ms in table.items():
+        # Scalar explainers by Pearson r, the verbal one (categorical) by Cohen's kappa.
+        metric = "pearson" if "self.pearson" in ms else "kappa"
         print(
-            f"  {step:>6} {name:<10} "
-            + " ".join(cell(ms.get(f"{s}.pearson")) for s in ("self", "orig", "gap"))
+            f"  {step:>6} {name:<10} {metric:<8} "
+            + " ".join(cell(ms.get(f"{s}.{metric}")) for s in ("self", "orig", "gap"))
         )
     return 0
 

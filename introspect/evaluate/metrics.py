@@ -8,8 +8,10 @@ For an explainer's predictions ``pred`` on N pairs:
 - **gap** = Self − Orig. Self > Orig is introspective coupling.
 
 Scalar labels are compared by Pearson (through :func:`introspect.ops.pearson`) and Spearman
-(Pearson of average ranks); categorical labels (verbal explanations) by exact match and the F1
-of the "changed" class (every label other than ``"unchanged"``). Intervals are percentile
+(Pearson of average ranks); categorical labels (verbal explanations) by exact match, Cohen's
+kappa (exact match corrected for the agreement the two label distributions give by chance: 0 is
+chance, 1 perfect; undefined when both sides are one and the same constant label) and the F1 of
+the "changed" class (every label other than ``"unchanged"``). Intervals are percentile
 bootstrap intervals over pairs: each replicate draws N pairs with replacement (seeded), and every
 statistic of one call — Self, Orig and so the gap — is computed on the same draws (paired).
 Replicates where a statistic is undefined (e.g. a constant resample) are left out of its
@@ -45,6 +47,7 @@ __all__ = [
     "bin_delta",
     "bootstrap_indices",
     "changed_f1",
+    "cohen_kappa",
     "coupling",
     "exact_match",
     "metric_rows",
@@ -58,7 +61,7 @@ __all__ = [
 ]
 
 SCALAR_METRICS = ("pearson", "spearman")
-CATEGORICAL_METRICS = ("exact_match", "changed_f1")
+CATEGORICAL_METRICS = ("exact_match", "kappa", "changed_f1")
 METRICS = SCALAR_METRICS + CATEGORICAL_METRICS
 UNCHANGED = "unchanged"
 BINS = ("unchanged", "toward", "away")
@@ -162,6 +165,21 @@ def _stat_rows(metric: str, p: np.ndarray, t: np.ndarray, unchanged: int) -> np.
         return _pearson_rows(_ranks_rows(p), _ranks_rows(t))
     if metric == "exact_match":
         return (p == t).mean(axis=1)
+    if metric == "kappa":
+        # In integer counts, so that chance-level agreement (e.g. a constant answer) is exactly
+        # 0: kappa = (n·agreements − Σ_k cp_k·ct_k) / (n² − Σ_k cp_k·ct_k).
+        k = int(max(p.max(), t.max())) + 1
+        n = p.shape[1]
+        agree = (p == t).sum(axis=1).astype(np.int64)
+        rows = np.arange(p.shape[0])[:, None]
+        cp = np.zeros((p.shape[0], k), dtype=np.int64)
+        ct = np.zeros((p.shape[0], k), dtype=np.int64)
+        np.add.at(cp, (rows, p), 1)
+        np.add.at(ct, (rows, t), 1)
+        chance = (cp * ct).sum(axis=1)
+        num, den = n * agree - chance, n * n - chance
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.maximum(den, 1), np.nan)
     if metric == "changed_f1":
         pc, tc = p != unchanged, t != unchanged
         tp = (pc & tc).sum(1)
@@ -210,6 +228,14 @@ def exact_match(pred: Any, target: Any) -> float:
     (p, t), u = _encode([_values(pred, "pred"), _values(target, "target")], UNCHANGED)
     _check_lengths(pred=p, target=t)
     return float(_stat_rows("exact_match", p[None, :], t[None, :], u)[0])
+
+
+def cohen_kappa(pred: Any, target: Any) -> float:
+    """Cohen's kappa: (observed agreement − chance agreement) / (1 − chance agreement), chance
+    from the two label distributions. NaN when both are the same single label."""
+    (p, t), u = _encode([_values(pred, "pred"), _values(target, "target")], UNCHANGED)
+    _check_lengths(pred=p, target=t)
+    return float(_stat_rows("kappa", p[None, :], t[None, :], u)[0])
 
 
 def changed_f1(pred: Any, target: Any, *, unchanged: str = UNCHANGED) -> float:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["PRESETS", "ExperimentConfig", "ExperimentError", "run_coupling"]
+__all__ = ["PRESETS", "ExperimentConfig", "ExperimentError", "rescore_coupling", "run_coupling"]
 
 _WHERE = {
     "PRESETS": "coupling",
     "ExperimentConfig": "coupling",
     "ExperimentError": "coupling",
     "run_coupling": "coupling",
+    "rescore_coupling": "coupling",
 }
 
 

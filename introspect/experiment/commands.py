@@ -55,6 +55,7 @@ def _cmd_coupling(args: argparse.Namespace) -> int:
             pair_files=_pair_files(args.pairs),
             device=args.device,
             batch_tokens=args.batch_tokens,
+            verbal=False if args.no_verbal else None,
         )
     except (ExperimentError, ValueError) as exc:
         _error(str(exc))
@@ -98,7 +99,9 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         description=(
             "Generate training and held-out pairs, extract the starting model's delta (the "
             "fixed labels), train two probe explainers on them (on h(x), and on h(x') - h(x)) "
-            "while the model trains on a "
+            "and the model itself as a verbal explainer (it states, after x and its answer, "
+            "whether its answer would become more or less likely or stay the same without the "
+            "feature) while the model trains on a "
             "behaviour-shifting objective (anti-sycophancy for sycophancy and hint, "
             "refusal-shift for refusal), and as controls with the model frozen and with "
             "shuffled labels, with label noise and with labels from another model; at every "
@@ -148,10 +151,39 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         help="token budget of one extraction forward (default 2048; raise it on a GPU)",
     )
     c.add_argument(
+        "--no-verbal",
+        action="store_true",
+        help="train and score only the probes, not the model as a verbal explainer",
+    )
+    c.add_argument(
         "--pairs",
         action="append",
         metavar="TASK=TRAIN,HELD",
         help="use these pair files for TASK instead of generating pairs",
     )
     c.set_defaults(func=_cmd_coupling)
+    r = esub.add_parser(
+        "rescore",
+        help="recompute a coupling run's metrics from its predictions and rewrite its report",
+        description=(
+            "Recompute every completed evaluation's metrics.jsonl (and self_vs_orig.png) of a "
+            "coupling experiment from its predictions.jsonl with this version's metrics "
+            "(same bootstrap replicates and seed), then rewrite report.md and results.json. "
+            "No model is loaded; nothing else in the run changes."
+        ),
+    )
+    r.add_argument("out", metavar="RUN", help="directory of a coupling experiment")
+    r.set_defaults(func=_cmd_rescore)
     return p
+
+
+def _cmd_rescore(args: argparse.Namespace) -> int:
+    from introspect.experiment.coupling import ExperimentError, rescore_coupling
+
+    try:
+        rescore_coupling(args.out)
+    except (ExperimentError, OSError, ValueError, KeyError) as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    print(f"rescored; report: {args.out}/report.md")
+    return 0

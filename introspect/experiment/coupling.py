@@ -7,10 +7,12 @@ For each task:
 2. ``labels``: extract the starting model M0's Δ on all of them (the fixed labels), and, with a
    ``label_model``, that model's Δ (labels from another family; when that model cannot be loaded
    the stage and its condition are recorded as skipped, with the reason);
-3. ``train-<condition>``: train the probe explainer on the fixed labels (:func:`introspect.train
-   .train`) while the model trains on the task's behaviour-shifting objective (``concurrent``),
-   with the model frozen (``frozen``), with shuffled labels (``shuffled``), with label noise
-   (``noise-<p>``) or with the other model's labels (``label-<model>``);
+3. ``train-<condition>``: train the explainers on the fixed labels: the direct and the difference
+   probe and, where the model trains, the model itself as the verbal explainer (``verbal``)
+   (:func:`introspect.train.train`) while the model trains on the task's behaviour-shifting
+   objective (``concurrent``), with the model frozen (``frozen``), with shuffled labels
+   (``shuffled``), with label noise (``noise-<p>``) or with the other model's labels
+   (``label-<model>``);
 4. ``eval-<condition>``: re-extract the current model's Δ on the held-out pairs at every
    checkpoint and score Self and Orig (:func:`introspect.evaluate.checkpoints
    .evaluate_training`).
@@ -47,6 +49,7 @@ __all__ = [
     "ExperimentError",
     "conditions_for",
     "plan_stages",
+    "rescore_coupling",
     "run_coupling",
 ]
 
@@ -112,6 +115,7 @@ class ExperimentConfig:
     all_conditions_for_every_task: bool = False
     pair_files: dict[str, tuple[str, str]] = field(default_factory=dict)
     batch_tokens: int = 2048
+    verbal: bool = True
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -202,7 +206,12 @@ def conditions_for(cfg: ExperimentConfig, task: str) -> list[Condition]:
             description="model trains on the objective; clean labels",
             trajectory=True,
         ),
-        Condition("frozen", False, description="control: model frozen (Self = Orig)"),
+        Condition(
+            "frozen",
+            False,
+            description="control: model frozen (Self = Orig); no verbal explainer, which is the "
+            "model itself",
+        ),
     ]
     if task != cfg.tasks[0] and not cfg.all_conditions_for_every_task:
         return conds
@@ -512,6 +521,7 @@ def run_coupling(
                 noise=cond.noise,
                 shuffle_labels=cond.shuffle,
                 checkpoint_every=cfg.checkpoint_every if cond.trajectory else cfg.steps,
+                verbal=cfg.verbal and cond.concurrent,
                 seed=cfg.seed,
                 device=device,
             )
@@ -566,3 +576,56 @@ def run_coupling(
     state.doc["complete"] = True
     state.save()
     return state.doc
+
+
+def _config_from_json(d: dict[str, Any]) -> ExperimentConfig:
+    d = dict(d)
+    d["tasks"] = tuple(d["tasks"])
+    d["noise_levels"] = tuple(d["noise_levels"])
+    d["pair_files"] = {k: tuple(v) for k, v in d.get("pair_files", {}).items()}
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    return ExperimentConfig(**{k: v for k, v in d.items() if k in known})
+
+
+def rescore_coupling(out: str | Path, *, say: Callable[[str], None] = _say) -> dict[str, Any]:
+    """Recomputes every completed evaluation's ``metrics.jsonl`` (and its Self-vs-Orig plot) from
+    its ``predictions.jsonl`` with this version's metrics, then rewrites the report; no model
+    runs. Returns ``state.json``'s contents."""
+    from introspect.evaluate import recompute_metrics, write_jsonl
+    from introspect.experiment.report import write_report
+
+    out = Path(out)
+    path = out / STATE_JSON
+    if not path.is_file():
+        raise ExperimentError(f"{out}: no {STATE_JSON} here (not a coupling experiment)")
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    cfg = dataclasses.replace(_config_from_json(doc["config"]), out=str(out))
+    stages = plan_stages(cfg)
+    done = set(doc.get("completed", []))
+    n = 0
+    for name, kind, args in stages:
+        if kind != "eval" or name not in done or doc["stages"].get(name, {}).get("skipped"):
+            continue
+        edir = out / args["task"] / f"eval-{args['cond'].name}"
+        preds = edir / "predictions.jsonl"
+        if not preds.is_file():
+            raise ExperimentError(f"{preds}: missing; the evaluation cannot be rescored")
+        t0 = time.perf_counter()
+        rows = recompute_metrics(preds, n_boot=cfg.n_boot, seed=cfg.seed)
+        write_jsonl(edir / "metrics.jsonl", rows)
+        if (edir / "self_vs_orig.png").is_file():
+            try:
+                from introspect.evaluate.plots import plot_coupling
+
+                plot_coupling(rows, edir / "self_vs_orig.png")
+            except ImportError:
+                pass
+        n += 1
+        say(f"{name}: rescored {len(rows)} metric rows ({time.perf_counter() - t0:.1f} s)")
+    if "report" in done:
+        write_report(out, cfg, doc, stages)
+        say(f"report rewritten: {out / 'report.md'}")
+    doc["rescored_utc"] = _utc_now()
+    write_json_atomic(path, doc)
+    say(f"{n} evaluation(s) rescored")
+    return doc

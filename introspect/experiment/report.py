@@ -14,12 +14,22 @@ from introspect._io import write_json_atomic
 __all__ = ["collect_results", "final_rows", "verdict", "write_report"]
 
 METRIC = "pearson"
-EXPLAINERS = ("probe", "probe-diff", "ridge-m0")
+EXPLAINERS = ("probe", "probe-diff", "verbal", "ridge-m0")
+# The metric each explainer is reported with: Pearson r for the scalar probes, Cohen's kappa of
+# the three bins for the verbal explainer (0 = chance, as for r; exact match and changed-F1 are
+# in metrics.jsonl too).
+METRIC_OF = {"verbal": "kappa"}
+
+
+def metric_of(explainer: str) -> str:
+    return METRIC_OF.get(explainer, METRIC)
 
 
 def final_rows(rows: list[dict[str, Any]], explainer: str) -> dict[str, dict[str, Any]]:
-    """The ``self``/``orig``/``gap`` rows of ``explainer`` at its last checkpoint."""
-    mine = [r for r in rows if r["explainer"] == explainer and r["metric"].endswith(f".{METRIC}")]
+    """The ``self``/``orig``/``gap`` rows of ``explainer`` at its last checkpoint, in the
+    explainer's reported metric (:func:`metric_of`)."""
+    suffix = f".{metric_of(explainer)}"
+    mine = [r for r in rows if r["explainer"] == explainer and r["metric"].endswith(suffix)]
     if not mine:
         return {}
     last = max(r["checkpoint"] for r in mine)
@@ -99,33 +109,44 @@ def _claim(
 
 
 def _summary_plot(results: list[dict[str, Any]], path: Path) -> Path | None:
+    """Self and Orig per condition at the last checkpoint: one panel for the direct probe (r) and,
+    where the run has one, one for the verbal explainer (κ)."""
     from introspect.evaluate.plots import _pyplot
 
-    shown = [e for e in results if "rows" in e and e["rows"]["probe"]]
-    if not shown:
+    panels = []
+    for expl in ("probe", "verbal"):
+        shown = [e for e in results if "rows" in e and e["rows"].get(expl)]
+        if shown:
+            panels.append((expl, shown))
+    if not panels:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(shown) + 2), 4))
+    widest = max(len(shown) for _, shown in panels)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(max(6.0, 1.3 * widest + 2), 4 * len(panels)), squeeze=False
+    )
     width = 0.38
-    for k, (side, colour) in enumerate((("self", "C0"), ("orig", "C1"))):
-        xs, vs, errs = [], [], [[], []]
-        for i, e in enumerate(shown):
-            r = e["rows"]["probe"].get(side) or {}
-            v = r.get("value")
-            v = float("nan") if v is None else v
-            lo = v if r.get("lo") is None else r["lo"]
-            hi = v if r.get("hi") is None else r["hi"]
-            xs.append(i + (k - 0.5) * width)
-            vs.append(v)
-            errs[0].append(max(0.0, v - lo))
-            errs[1].append(max(0.0, hi - v))
-        ax.bar(xs, vs, width, yerr=errs, color=colour, capsize=3, label=side.capitalize())
-    ax.set_xticks(range(len(shown)))
-    ax.set_xticklabels([f"{e['task']}\n{e['condition']}" for e in shown], fontsize=8)
-    ax.axhline(0.0, color="grey", lw=0.5)
-    ax.set_ylabel(f"{METRIC} r (probe, last checkpoint)")
-    ax.set_title("Self vs Orig per condition (95% bootstrap intervals)")
-    ax.legend()
+    for ax, (expl, shown) in zip(axes[:, 0], panels, strict=True):
+        for k, (side, colour) in enumerate((("self", "C0"), ("orig", "C1"))):
+            xs, vs, errs = [], [], [[], []]
+            for i, e in enumerate(shown):
+                r = e["rows"][expl].get(side) or {}
+                v = r.get("value")
+                v = float("nan") if v is None else v
+                lo = v if r.get("lo") is None else r["lo"]
+                hi = v if r.get("hi") is None else r["hi"]
+                xs.append(i + (k - 0.5) * width)
+                vs.append(v)
+                errs[0].append(max(0.0, v - lo))
+                errs[1].append(max(0.0, hi - v))
+            ax.bar(xs, vs, width, yerr=errs, color=colour, capsize=3, label=side.capitalize())
+        ax.set_xticks(range(len(shown)))
+        ax.set_xticklabels([f"{e['task']}\n{e['condition']}" for e in shown], fontsize=8)
+        ax.axhline(0.0, color="grey", lw=0.5)
+        what = "Pearson r" if metric_of(expl) == METRIC else "Cohen's κ"
+        ax.set_ylabel(f"{what} ({expl}, last checkpoint)")
+        ax.set_title(f"{expl}: Self vs Orig per condition (95% bootstrap intervals)")
+        ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -182,7 +203,13 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
         "below is read from the `metrics.jsonl` (and `behaviour.jsonl`) of the evaluation "
         "directory named in the table. Explainers: `probe` (linear, on the hidden state of x, "
         "trained alongside the model), `probe-diff` (linear, on h(x') − h(x), trained alongside "
-        "it) and `ridge-m0` (ridge on the starting model's hidden states, fitted once).",
+        "it), `verbal` (the model itself, trained alongside to say whether its answer would "
+        "become more likely, less likely or stay the same without the feature; scored by "
+        "**Cohen's κ** of those three bins against the current Δ and the labels binned at "
+        "the training threshold: agreement beyond what the two label distributions give by "
+        "chance, 0 for chance and for a constant answer, 1 for perfect; it exists only where "
+        "the model trains) and `ridge-m0` (ridge on the starting model's hidden states, "
+        "fitted once).",
         "",
         "## Figures",
         "",
@@ -194,15 +221,15 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
     lines += [
         "## Self, Orig and the gap at the last checkpoint",
         "",
-        "| task | condition | explainer | step | Self | Orig | gap (Self − Orig) | "
+        "| task | condition | explainer | metric | step | Self | Orig | gap (Self − Orig) | "
         "r(current Δ, labels) | source |",
-        "|---|---|---|---:|---|---|---|---|---|",
+        "|---|---|---|---|---:|---|---|---|---|---|",
     ]
     for e in results:
         if "skipped" in e:
             what = "not run" if e["skipped"] == "not evaluated" else "skipped"
             lines.append(
-                f"| {e['task']} | {e['condition']} | — | — | {what} | {what} | "
+                f"| {e['task']} | {e['condition']} | — | — | — | {what} | {what} | "
                 f"{e['skipped']} | — | — |"
             )
             continue
@@ -214,7 +241,8 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
                 continue
             step = rows.get("self", {}).get("checkpoint", "")
             lines.append(
-                f"| {e['task']} | {e['condition']} | {expl} | {step} | {_ci(rows.get('self'))} "
+                f"| {e['task']} | {e['condition']} | {expl} | {metric_of(expl)} | {step} | "
+                f"{_ci(rows.get('self'))} "
                 f"| {_ci(rows.get('orig'))} | {_ci(rows.get('gap'))} | "
                 f"{'n/a' if rdl is None else f'{rdl:+.3f}'} | `{e['dir']}/metrics.jsonl` |"
             )
@@ -258,6 +286,12 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
                 explainer="probe-diff",
             ),
             _claim(
+                f"Self > Orig under concurrent post-training, verbal explainer ({task})",
+                by.get((task, "concurrent")),
+                "gap",
+                explainer="verbal",
+            ),
+            _claim(
                 f"The probe learns the fixed labels (Orig > 0, {task})",
                 by.get((task, "concurrent")),
                 "orig",
@@ -265,21 +299,26 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
         ]
         for p in cfg.noise_levels:
             if (task, f"noise-{p:g}") in by:
+                for expl in ("probe", "verbal"):
+                    claims.append(
+                        _claim(
+                            f"Self > Orig survives {p:.0%} label noise ({task}, {expl})",
+                            by[(task, f"noise-{p:g}")],
+                            "gap",
+                            explainer=expl,
+                        )
+                    )
+        if cfg.label_model and (task, f"label-{cfg.label_model}") in by:
+            for expl in ("probe", "verbal"):
                 claims.append(
                     _claim(
-                        f"Self > Orig survives {p:.0%} label noise ({task})",
-                        by[(task, f"noise-{p:g}")],
+                        f"Self > Orig with labels from another model ({cfg.label_model}, "
+                        f"{task}, {expl})",
+                        by[(task, f"label-{cfg.label_model}")],
                         "gap",
+                        explainer=expl,
                     )
                 )
-        if cfg.label_model and (task, f"label-{cfg.label_model}") in by:
-            claims.append(
-                _claim(
-                    f"Self > Orig with labels from another model ({cfg.label_model}, {task})",
-                    by[(task, f"label-{cfg.label_model}")],
-                    "gap",
-                )
-            )
         claims.append(
             _claim(
                 f"Control, frozen model: gap consistent with 0 ({task})",

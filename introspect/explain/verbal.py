@@ -59,6 +59,7 @@ fingerprint differs from the one they were trained on.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -601,13 +602,7 @@ class VerbalExplainer(base.Explainer):
             raise ValueError("no training pairs")
         sel_answers = None if answers is None else [answers[i] for i in order]
         self._prepare_adapter()  # B = 0: the answers below are the base model's
-        prompts = self._prompt_ids(sel, sel_answers)
-        items = []
-        for p, ids, i in zip(sel, prompts, order, strict=True):
-            sentence = label_sentence(targets[i], p.choices, p.target, cfg.labels)
-            tgt = self._sentence_ids(sentence)
-            self._check_length(p, len(ids) + len(tgt))
-            items.append((ids, tgt))
+        items = self.examples(sel, [targets[i] for i in order], answers=sel_answers)
 
         model = self.model
         was_training = model.training
@@ -616,7 +611,6 @@ class VerbalExplainer(base.Explainer):
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)
         history = []
-        device = self._device
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
@@ -625,15 +619,10 @@ class VerbalExplainer(base.Explainer):
                     perm = rng.permutation(len(items))
                     for s in range(0, len(items), cfg.batch_size):
                         batch = [items[j] for j in perm[s : s + cfg.batch_size]]
-                        ids, mask, tmask = self._batch(batch, device)
-                        logits = model(input_ids=ids, attention_mask=mask).logits
-                        pred = logits[:, :-1][tmask[:, 1:]]
-                        gold = ids[:, 1:][tmask[:, 1:]]
-                        loss = torch.nn.functional.cross_entropy(pred.float(), gold)
+                        loss, n_tok = self.sentence_loss(batch)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                        n_tok = int(gold.numel())
                         total += float(loss.detach()) * n_tok
                         count += n_tok
                     history.append(total / max(count, 1))
@@ -645,6 +634,33 @@ class VerbalExplainer(base.Explainer):
         self.fitted = True
         self.info = {"n_train": len(items), "epoch_loss": history}
         return self
+
+    def examples(
+        self, pairs: Sequence[Any], labels: Sequence[str], *, answers: Sequence[str] | None = None
+    ) -> list[tuple[list[int], list[int]]]:
+        """Token ids of each pair's follow-up prompt and of the sentence stating its label
+        (labels in the configured style, one per pair, as :meth:`target_labels` gives them):
+        the teacher-forced training examples."""
+        if len(labels) != len(pairs):
+            raise ValueError(f"{len(labels)} labels for {len(pairs)} pairs")
+        prompts = self._prompt_ids(pairs, answers)
+        items = []
+        for p, ids, label in zip(pairs, prompts, labels, strict=True):
+            sentence = label_sentence(label, p.choices, p.target, self.config.labels)
+            tgt = self._sentence_ids(sentence)
+            self._check_length(p, len(ids) + len(tgt))
+            items.append((ids, tgt))
+        return items
+
+    def sentence_loss(self, batch: Sequence[tuple[list[int], list[int]]]) -> tuple[Any, int]:
+        """Mean cross-entropy of the sentence tokens of ``batch`` (items of :meth:`examples`)
+        given their prompts, with the graph kept for a backward pass, and the number of
+        sentence tokens it averages over."""
+        ids, mask, tmask = self._batch(batch, self._device)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        pred = logits[:, :-1][tmask[:, 1:]]
+        gold = ids[:, 1:][tmask[:, 1:]]
+        return torch.nn.functional.cross_entropy(pred.float(), gold), int(gold.numel())
 
     def _batch(self, batch, device):
         """Right-padded ids, attention mask and the mask of label-sentence tokens."""
@@ -677,29 +693,87 @@ class VerbalExplainer(base.Explainer):
         self, data: Any, *, rows: Any = None, answers: Sequence[str] | None = None
     ) -> list[dict[str, float]]:
         """Per pair, every candidate label with the summed log-probability of its sentence
-        (EOS included) after the follow-up prompt, teacher-forced."""
+        (EOS included) after the follow-up prompt, teacher-forced. The prompt runs once per
+        pair; each candidate sentence continues from its key/value cache."""
         cfg = self.config
         self._ensure_model()
         sel, prompts = self._selected_prompts(data, rows, answers)
-        jobs = []  # (pair index, label, prompt ids, sentence ids)
-        for k, (p, ids) in enumerate(zip(sel, prompts, strict=True)):
+        cands: list[list[tuple[str, list[int]]]] = []
+        for p, ids in zip(sel, prompts, strict=True):
+            mine = []
             for label in candidate_labels(p.choices, cfg.labels):
                 tgt = self._sentence_ids(label_sentence(label, p.choices, p.target, cfg.labels))
                 self._check_length(p, len(ids) + len(tgt))
-                jobs.append((k, label, ids, tgt))
+                mine.append((label, tgt))
+            cands.append(mine)
         out: list[dict[str, float]] = [{} for _ in sel]
+        per = max(1, cfg.eval_batch_size // 2)  # prompts per batch; the candidates follow each
+        for s in range(0, len(sel), per):
+            chunk = range(s, min(s + per, len(sel)))
+            scores = self._score_candidates([prompts[k] for k in chunk], [cands[k] for k in chunk])
+            for k, sc in zip(chunk, scores, strict=True):
+                out[k] = sc
+        return out
+
+    def _prompt_forward(self, prompts: list[list[int]]):
+        """One forward over the left-padded ``prompts`` with explicit position ids, keeping the
+        key/value cache: the model's output, the attention mask and the position ids."""
         device = self._device
-        for s in range(0, len(jobs), cfg.eval_batch_size):
-            chunk = jobs[s : s + cfg.eval_batch_size]
-            ids, mask, tmask = self._batch([(a, b) for _, _, a, b in chunk], device)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-            rows_, cols = torch.nonzero(tmask[:, 1:], as_tuple=True)
-            logp = torch.log_softmax(logits[rows_, cols].double(), dim=-1)
-            tok = logp.gather(1, ids[rows_, cols + 1][:, None])[:, 0]
-            sums = torch.zeros(len(chunk), dtype=torch.float64, device=tok.device)
-            sums.index_add_(0, rows_, tok)
-            for r, (k, label, _, _) in enumerate(chunk):
-                out[k][label] = float(sums[r])
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id(), dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        return out, mask, pos
+
+    def _score_candidates(
+        self, prompts: list[list[int]], cands: list[list[tuple[str, list[int]]]]
+    ) -> list[dict[str, float]]:
+        """Summed log-probabilities of every candidate sentence of a batch of prompts: one
+        forward over the left-padded prompts (explicit position ids) keeps their key/value cache,
+        and each round of candidates continues from a copy of it."""
+        device = self._device
+        b = len(prompts)
+        first, mask, _ = self._prompt_forward(prompts)
+        past = first.past_key_values
+        head = torch.log_softmax(first.logits[:, -1].double(), dim=-1)  # the first sentence token
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        out: list[dict[str, float]] = [{} for _ in prompts]
+        rounds = max(len(c) for c in cands)
+        for j in range(rounds):
+            sents = [c[j][1] if j < len(c) else [self._pad_id()] for c in cands]
+            # Input: every sentence token but the last; output k predicts token k + 1.
+            w = max(1, max(len(t) - 1 for t in sents))
+            inp = torch.full((b, w), self._pad_id(), dtype=torch.long)
+            smask = torch.zeros(b, w, dtype=torch.long)
+            for r, t in enumerate(sents):
+                if len(t) > 1:
+                    inp[r, : len(t) - 1] = torch.tensor(t[:-1])
+                    smask[r, : len(t) - 1] = 1
+            inp, smask = inp.to(device), smask.to(device)
+            spos = lengths[:, None] + torch.arange(w, device=device)[None]
+            # A round appends to the cache it is given: the last round may use the prompts'.
+            cache = past if j == rounds - 1 else copy.deepcopy(past)
+            res = self.model(
+                input_ids=inp,
+                attention_mask=torch.cat([mask, smask], 1),
+                position_ids=spos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logp = torch.log_softmax(res.logits.double(), dim=-1)
+            for r, t in enumerate(sents):
+                if j >= len(cands[r]):
+                    continue
+                total = head[r, t[0]]
+                if len(t) > 1:
+                    nxt = torch.tensor(t[1:], device=device)
+                    total = total + logp[r, : len(t) - 1].gather(1, nxt[:, None]).sum()
+                out[r][cands[r][j][0]] = float(total)
         return out
 
     def predict(
@@ -754,16 +828,8 @@ class VerbalExplainer(base.Explainer):
         """Greedy decoding of a left-padded batch with explicit position ids and a KV cache."""
         device = self._device
         eos = set(self._eos())
-        width = max(len(p) for p in prompts)
         b = len(prompts)
-        ids = torch.full((b, width), self._pad_id(), dtype=torch.long)
-        mask = torch.zeros(b, width, dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        out, mask, pos = self._prompt_forward(prompts)
         past = out.past_key_values
         last_pos = pos[:, -1:]
         new: list[list[int]] = [[] for _ in prompts]

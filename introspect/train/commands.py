@@ -42,6 +42,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             w_explain=args.w_explain,
             w_reg=args.w_reg,
             explainer_grad_to_model=args.explainer_grad_to_model,
+            verbal=args.verbal,
+            w_verbal=args.w_verbal,
+            verbal_threshold=args.verbal_threshold,
             noise=args.noise,
             shuffle_labels=args.shuffle_labels,
             checkpoint_every=args.checkpoint_every,
@@ -66,7 +69,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if last:
         print(
             f"  last step: loss {last['loss']:.4f}, behaviour {last['behaviour']:.4f}, "
-            f"explain {last['explain']:.4f}, reg {last['reg']:.4f}"
+            f"explain {last['explain']:.4f}, verbal {last.get('verbal', 0.0):.4f}, "
+            f"reg {last['reg']:.4f}"
         )
     return 0
 
@@ -82,7 +86,9 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
             "with MSE. With --concurrent the model trains at the same time on a behaviour "
             "objective (teacher-forced cross-entropy on the objective's choice after x), "
             "optionally with a KL term keeping its choice distribution on x' (no cue) close to "
-            "the start: loss = w_behaviour*L_behaviour + w_explain*L_explain + w_reg*L_reg. "
+            "the start, and with --verbal a cross-entropy teaching the model to state the "
+            "binned label itself: loss = w_behaviour*L_behaviour + w_explain*L_explain + "
+            "w_verbal*L_verbal + w_reg*L_reg. "
             "Without --concurrent the model is frozen (the control). Checkpoints every k steps "
             "hold the model (safetensors, only when it trains), the probe, the optimizer "
             "state and the RNG state; --resume continues the same trajectory."
@@ -144,6 +150,21 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
         "--explainer-grad-to-model",
         action="store_true",
         help="let L_explain's gradient reach the model (default: probe only)",
+    )
+    p.add_argument(
+        "--verbal",
+        action="store_true",
+        help="with --concurrent: also train the model to state, after x and M0's answer, "
+        "whether its answer would become more or less likely or stay the same without the "
+        "feature (the verbal explainer; its settings go to OUT/verbal.json)",
+    )
+    p.add_argument("--w-verbal", type=float, default=1.0, help="weight of L_verbal (default 1)")
+    p.add_argument(
+        "--verbal-threshold",
+        type=float,
+        metavar="T",
+        help="|label| <= T is 'unchanged' for the verbal explainer (default: the 1/3 quantile "
+        "of |label| over the training pairs)",
     )
     p.add_argument(
         "--noise",

@@ -3,7 +3,7 @@ trains on fixed labels, with checkpoints along the way.
 
 Per step, on a minibatch of training pairs::
 
-    loss = w_behaviour · L_behaviour + w_explain · L_explain + w_reg · L_reg
+    loss = w_behaviour · L_behaviour + w_explain · L_explain + w_verbal · L_verbal + w_reg · L_reg
 
 - ``L_behaviour`` (with ``concurrent``): mean −log p(objective's choice | x), teacher-forced over
   the choice's tokens (see :mod:`introspect.train.objectives`);
@@ -13,6 +13,13 @@ Per step, on a minibatch of training pairs::
   *difference* probe on h(x') − h(x) (with ``difference_probe``, the default; x' is run
   without gradient). Its gradient reaches the probes, and the model too only with
   ``explainer_grad_to_model``;
+- ``L_verbal`` (with ``verbal``, which needs ``concurrent``): the model itself as the verbal
+  explainer (:class:`~introspect.explain.VerbalExplainer`, binned labels, full fine-tuning). After
+  x and the answer M0 gave on it, the model is asked how its answer would change without the
+  feature, and trained (teacher-forced cross-entropy, gradient into the model) on the sentence of
+  the fixed label binned at ``verbal_threshold`` (None: the 1/3 quantile of |label| over the
+  training labels as trained on, after any noise, so about a third are "unchanged"). The
+  threshold and M0's answers are kept in ``verbal.json`` so evaluation asks the same questions;
 - ``L_reg`` (with ``concurrent`` and ``w_reg > 0``): mean KL(p_M0 ‖ p_θ) of the choice
   distribution on x' (the input without the cue), which keeps behaviour on non-cue inputs close
   to the start.
@@ -58,6 +65,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _OPT_FILE = "optimizer.safetensors"
 _INIT_FILE = "init.safetensors"
+VERBAL_JSON = "verbal.json"
 # Settings that may differ between a run and its resumption.
 _MUTABLE = ("steps", "out", "optimizer_state", "device")
 
@@ -81,6 +89,9 @@ class TrainConfig:
     w_reg: float = 0.0
     explainer_grad_to_model: bool = False
     difference_probe: bool = True
+    verbal: bool = False
+    w_verbal: float = 1.0
+    verbal_threshold: float | None = None
     noise: float = 0.0
     shuffle_labels: bool = False
     checkpoint_every: int = 5
@@ -100,7 +111,7 @@ class TrainConfig:
         for name in ("lr", "probe_lr"):
             if not float(getattr(self, name)) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "w_behaviour", "w_explain", "w_reg"):
+        for name in ("weight_decay", "w_behaviour", "w_explain", "w_reg", "w_verbal"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v >= 0):
                 problems.append(f"{name} must be a finite number >= 0, got {v}")
@@ -116,6 +127,15 @@ class TrainConfig:
             problems.append(
                 f"optimizer_state must be 'last' or 'all', got {self.optimizer_state!r}"
             )
+        if self.verbal and not self.concurrent:
+            problems.append(
+                "the verbal explainer is the model itself: it needs concurrent training "
+                "(the model is frozen)"
+            )
+        if self.verbal_threshold is not None and not (
+            math.isfinite(float(self.verbal_threshold)) and float(self.verbal_threshold) >= 0
+        ):
+            problems.append(f"verbal_threshold must be >= 0, got {self.verbal_threshold}")
         if self.explainer_grad_to_model and not self.concurrent:
             problems.append(
                 "explainer_grad_to_model needs concurrent training (the model is frozen)"
@@ -124,10 +144,11 @@ class TrainConfig:
             (self.objective != "none" and self.w_behaviour > 0)
             or self.w_reg > 0
             or (self.explainer_grad_to_model and self.w_explain > 0)
+            or (self.verbal and self.w_verbal > 0)
         ):
             problems.append(
                 "concurrent training with nothing that trains the model: give an objective with "
-                "w_behaviour > 0, or w_reg > 0, or explainer_grad_to_model"
+                "w_behaviour > 0, or w_reg > 0, or explainer_grad_to_model, or verbal"
             )
         if problems:
             raise TrainError("; ".join(problems))
@@ -215,6 +236,55 @@ def _probe_explainer(
     probe.position = "last"
     probe.info = {"solver": "concurrent", "step": int(step)}
     return probe
+
+
+def verbal_explainer(model, tokenizer, doc: dict[str, Any]):
+    """The verbal explainer of ``verbal.json`` (``doc``) on ``model``: the model answers in the
+    binned sentences, scored as :meth:`~introspect.explain.VerbalExplainer.predict` does."""
+    from introspect.explain import VerbalExplainer, base
+
+    config = base.config_from_dict(doc["config"])
+    ex = VerbalExplainer(config, model=model, tokenizer=tokenizer)
+    ex.fitted = True
+    return ex
+
+
+def _verbal_setup(cfg: TrainConfig, model, tok, pairs, y: np.ndarray, out: Path, resume: bool):
+    """``verbal.json`` (written on a fresh start, read on resume), the explainer on the model and
+    its training examples (one per pair)."""
+    from introspect.explain import VerbalConfig, base
+
+    path = out / VERBAL_JSON
+    if resume:
+        doc = ck.read_json(path)
+    else:
+        if cfg.verbal_threshold is not None:
+            threshold = float(cfg.verbal_threshold)
+        else:
+            threshold = float(np.quantile(np.abs(y), 1.0 / 3.0))
+        vc = VerbalConfig(
+            model=cfg.model,
+            labels="binned",
+            threshold=threshold,
+            adapter="full",
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
+        ex = verbal_explainer(model, tok, {"config": base.config_to_dict(vc)})
+        with torch.no_grad():
+            answers = ex.answers(pairs)  # M0's answers on x, fixed from here on
+        doc = {
+            "config": base.config_to_dict(vc),
+            "threshold": threshold,
+            "answers": {p.id: a for p, a in zip(pairs, answers, strict=True)},
+        }
+    ex = verbal_explainer(model, tok, doc)
+    answers = [doc["answers"][p.id] for p in pairs]
+    targets = ex.target_labels(pairs, y)
+    if not resume:
+        doc["label_counts"] = {k: targets.count(k) for k in ("unchanged", "toward", "away")}
+        ck.write_json(path, doc)
+    return ex, ex.examples(pairs, targets, answers=answers), doc
 
 
 def train(
@@ -348,6 +418,15 @@ def train(
         ridge.save(out / "ridge-m0")
         say(f"M0 pass over {len(pairs)} training pairs: {time.perf_counter() - t0:.1f} s")
     refs = list(torch.split(ref_flat, [int(c) for c in ref_counts])) if len(ref_counts) else []
+    verbal = verbal_items = verbal_doc = None
+    if cfg.verbal:
+        verbal, verbal_items, verbal_doc = _verbal_setup(cfg, model, tok, pairs, y, out, resume)
+        if not resume:
+            counts = verbal_doc["label_counts"]
+            say(
+                f"verbal labels at threshold {verbal_doc['threshold']:.4g}: "
+                + ", ".join(f"{k} {v}" for k, v in counts.items())
+            )
     mu32, sd32 = mu64.float().to(device), sd64.float().to(device)
     y_std = torch.from_numpy((y - ybar) / ysd).float().to(device)
 
@@ -394,6 +473,7 @@ def train(
         "model_trains": bool(cfg.concurrent),
         "device": device,
         "behaviour_objective": cfg.objective if active else "none",
+        "verbal": None if verbal_doc is None else VERBAL_JSON,
     }
 
     def write_train_json(step: int, complete: bool) -> dict[str, Any]:
@@ -470,7 +550,15 @@ def train(
         if cfg.concurrent and cfg.w_reg > 0:
             cur = choice_logps(model, [enc_mod[i] for i in rows])
             l_reg = kl_to_reference(cur, [refs[i] for i in rows])
-        loss = cfg.w_behaviour * l_beh + cfg.w_explain * (l_exp + l_diff) + cfg.w_reg * l_reg
+        l_verbal = zero
+        if verbal is not None:
+            l_verbal, _ = verbal.sentence_loss([verbal_items[i] for i in rows])
+        loss = (
+            cfg.w_behaviour * l_beh
+            + cfg.w_explain * (l_exp + l_diff)
+            + cfg.w_verbal * l_verbal
+            + cfg.w_reg * l_reg
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -480,6 +568,7 @@ def train(
             "behaviour": float(l_beh.detach()),
             "explain": float(l_exp.detach()),
             "explain_diff": float(l_diff.detach()),
+            "verbal": float(l_verbal.detach()),
             "reg": float(l_reg.detach()),
             "target_logprob": float(logp_t.detach().mean()),
             "seconds": time.perf_counter() - t0,
@@ -487,7 +576,8 @@ def train(
         log.append(rec)
         say(
             f"step {step}/{cfg.steps}: loss {rec['loss']:.4f} (behaviour {rec['behaviour']:.4f}, "
-            f"explain {rec['explain']:.4f}, diff {rec['explain_diff']:.4f}, reg {rec['reg']:.4f}) "
+            f"explain {rec['explain']:.4f}, diff {rec['explain_diff']:.4f}, "
+            f"verbal {rec['verbal']:.4f}, reg {rec['reg']:.4f}) "
             f"{rec['seconds']:.1f} s"
         )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:

@@ -38,6 +38,10 @@ def _metrics(out):
     return rows
 
 
+def frozen_rows(out):
+    return read_jsonl(out / "sycophancy" / "eval-frozen" / "metrics.jsonl")
+
+
 def test_cli_runs_every_stage_and_writes_the_report(model_dir, tmp_path):
     out = tmp_path / "run"
     argv = [
@@ -66,7 +70,9 @@ def test_cli_runs_every_stage_and_writes_the_report(model_dir, tmp_path):
     assert state["stages"]["sycophancy/labels-other"]["skipped"]
     assert state["stages"]["sycophancy/train-label-no-such-model-dir"]["skipped"]
     report = (out / "report.md").read_text()
-    assert "| task | condition | explainer | step | Self | Orig | gap (Self − Orig)" in report
+    assert (
+        "| task | condition | explainer | metric | step | Self | Orig | gap (Self − Orig)" in report
+    )
     assert "![" in report and (out / "figures" / "summary.png").is_file()
     for rel in [line.split("](")[1].rstrip(")") for line in report.splitlines() if "![" in line]:
         assert (out / rel).is_file(), rel
@@ -81,6 +87,20 @@ def test_cli_runs_every_stage_and_writes_the_report(model_dir, tmp_path):
         ln for ln in report.splitlines() if ln.startswith("| sycophancy | concurrent | probe |")
     )
     assert want in line
+    # The verbal explainer (the model itself) is scored by Cohen's kappa of the bins, where the
+    # model trains; the frozen control has none.
+    vgap = next(
+        r for r in rows
+        if r["explainer"] == "verbal" and r["checkpoint"] == 2 and r["metric"] == "gap.kappa"
+    )  # fmt: skip
+    line = next(
+        ln for ln in report.splitlines()
+        if ln.startswith("| sycophancy | concurrent | verbal | kappa | 2 |")
+    )  # fmt: skip
+    assert f"{vgap['value']:+.3f} [{vgap['lo']:+.2f}, {vgap['hi']:+.2f}]" in line
+    assert "| sycophancy | frozen | verbal |" not in report
+    assert "Self > Orig under concurrent post-training, verbal explainer (sycophancy)" in report
+    assert {r["explainer"] for r in frozen_rows(out)} == {"probe", "probe-diff", "ridge-m0"}
     # Frozen control: the current Δ is the label, so the gap is exactly 0.
     frozen = read_jsonl(out / "sycophancy" / "eval-frozen" / "metrics.jsonl")
     assert all(abs(r["value"]) < 1e-9 for r in frozen if r["metric"] == "gap.pearson")
@@ -209,3 +229,25 @@ def test_bad_device_is_a_clear_error(model_dir, tmp_path, capsys):
     assert main(argv) == 2
     assert "unknown device 'abacus'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_rescore_recomputes_the_metrics_and_report_from_the_predictions(model_dir, tmp_path):
+    out = tmp_path / "run"
+    run_coupling(_cfg(model_dir, out), say=lambda _m: None)
+    want = _metrics(out)
+
+    def results(path):  # the table of Self, Orig and gap, and the verdicts
+        lines = path.read_text().splitlines()
+        return [ln for ln in lines if "metrics.jsonl` |" in ln or ln.startswith("- Self >")]
+
+    table = results(out / "report.md")
+    assert len(table) > 5
+    for path in out.glob("*/eval-*/metrics.jsonl"):
+        path.write_text("")
+    (out / "report.md").unlink()
+    assert main(["experiment", "rescore", str(out)]) == 0
+    assert _metrics(out) == want
+    assert results(out / "report.md") == table
+    assert json.loads((out / "state.json").read_text())["rescored_utc"]
+    # Not an experiment directory: a clear error.
+    assert main(["experiment", "rescore", str(tmp_path)]) == 3

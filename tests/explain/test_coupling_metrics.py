@@ -16,6 +16,7 @@ from introspect.evaluate import (
     bin_delta,
     bootstrap_indices,
     changed_f1,
+    cohen_kappa,
     coupling,
     exact_match,
     metric_rows,
@@ -149,7 +150,9 @@ def test_categorical_metrics_match_hand_computation():
     pred = np.where(rng.random(40) < 0.7, cur, lab)
     est = coupling(pred, cur, lab, n_boot=30, seed=1)
     assert set(est) == {f"{s}.{m}" for s in ("self", "orig", "gap")
-                        for m in ("exact_match", "changed_f1")}  # fmt: skip
+                        for m in ("exact_match", "kappa", "changed_f1")}  # fmt: skip
+    assert est["self.kappa"].value == pytest.approx(kappa_by_hand(pred, cur))
+    assert est["orig.kappa"].value == pytest.approx(kappa_by_hand(pred, lab))
     em_self = sum(p == c for p, c in zip(pred, cur, strict=True)) / 40
     assert est["self.exact_match"].value == pytest.approx(em_self)
     assert est["self.changed_f1"].value == pytest.approx(f1_by_hand(pred, cur))
@@ -162,6 +165,30 @@ def test_categorical_metrics_match_hand_computation():
     reps = [f1_by_hand(pred[r], cur[r]) - f1_by_hand(pred[r], lab[r]) for r in idx]
     assert est["gap.changed_f1"].lo == pytest.approx(percentile_by_hand(reps, 0.025))
     assert est["gap.changed_f1"].hi == pytest.approx(percentile_by_hand(reps, 0.975))
+
+
+def kappa_by_hand(pred, target) -> float:
+    n = len(pred)
+    observed = sum(p == t for p, t in zip(pred, target, strict=True)) / n
+    labels = set(pred) | set(target)
+    chance = sum(
+        (sum(p == k for p in pred) / n) * (sum(t == k for t in target) / n) for k in labels
+    )
+    return (observed - chance) / (1 - chance)
+
+
+def test_cohen_kappa_by_hand_and_at_its_limits():
+    # 10 pairs: 7 agree; pred has 6 "toward" 4 "unchanged", target 5 and 5:
+    # chance = 0.6 * 0.5 + 0.4 * 0.5 = 0.5, kappa = (0.7 - 0.5) / 0.5 = 0.4.
+    pred = ["toward"] * 6 + ["unchanged"] * 4
+    target = ["toward"] * 4 + ["unchanged"] * 2 + ["unchanged"] * 3 + ["toward"]
+    assert cohen_kappa(pred, target) == pytest.approx(0.4)
+    assert cohen_kappa(pred, pred) == pytest.approx(1.0)
+    # A constant answer agrees with the majority but carries no information: kappa 0.
+    target = ["unchanged"] * 8 + ["away"] * 2
+    assert cohen_kappa(["unchanged"] * 10, target) == 0.0  # exactly, not merely close
+    assert cohen_kappa(["toward"] * 7, ["away", "toward", "unchanged"] * 2 + ["away"]) == 0.0
+    assert math.isnan(cohen_kappa(["away"] * 4, ["away"] * 4))
 
 
 def test_changed_f1_is_undefined_without_changed_pairs():

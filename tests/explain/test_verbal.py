@@ -410,3 +410,42 @@ def test_unfitted_and_modelless_errors(tmp_path):
         VerbalExplainer(config()).fit(pairs, labels)
     with pytest.raises(ValueError, match="both model and tokenizer"):
         VerbalExplainer(config(), model=llama())
+
+
+def _plain_sentence_logprob(model, prompt: list[int], sentence: list[int]) -> float:
+    """log p(sentence | prompt) from one unpadded forward of their concatenation."""
+    ids = torch.tensor([prompt + sentence])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    n = len(prompt)
+    return float(logp[n - 1 : -1].gather(1, ids[0, n:, None]).sum())
+
+
+@pytest.mark.parametrize("labels", ["choice", "binned"])
+def test_scores_equal_separate_forwards_of_prompt_and_sentence(data, trained, labels):
+    # The cached scoring (prompts once, left-padded; candidates continue from the cache, in
+    # batches whose prompts differ in length and whose pairs differ in their number of choices)
+    # against one plain forward per pair and candidate.
+    test = list(data[2][:5])
+    three = (" (A)", " (B)", " (C)")
+    test[2] = Pair(id="three", prompt=test[2].prompt, choices=three, target=" (C)",
+                   remove=test[2].remove, meta=test[2].meta)  # fmt: skip
+    span = "my friend says rome ."
+    test.append(Pair(id="text", prompt=f"hello world {span} what ?", choices=CHOICES,
+                     target=" (A)", remove=(span,)))  # fmt: skip
+    ex = VerbalExplainer(config(labels=labels, eval_batch_size=4), model=trained.model,
+                         tokenizer=trained.tokenizer)  # fmt: skip
+    got = ex.label_logprobs(test)
+    prompts = ex._prompt_ids(test, None)
+    assert len({len(p) for p in prompts}) > 1
+    for p, prompt, scores in zip(test, prompts, got, strict=True):
+        want_labels = ("unchanged", "toward", "away") if labels == "binned" else (
+            "unchanged", *p.choices)  # fmt: skip
+        assert tuple(scores) == want_labels
+        for label, value in scores.items():
+            sentence = label_sentence(label, p.choices, p.target, labels)
+            ids = trained.tokenizer(sentence, add_special_tokens=False)["input_ids"]
+            ref = _plain_sentence_logprob(
+                trained.model, prompt, [*ids, trained.tokenizer.eos_token_id]
+            )
+            assert value == pytest.approx(ref, abs=1e-4), (p.id, label)

@@ -157,6 +157,7 @@ def test_resume_continues_the_same_trajectory(ws, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = (
         "--concurrent",
+        "--verbal",
         "--lr",
         "1e-3",
         "--batch-size",
@@ -181,6 +182,7 @@ def test_resume_continues_the_same_trajectory(ws, tmp_path):
     sb = load_file(str(resumed / "ckpt-000004" / "state.safetensors"))
     assert float((sa["probe.weight"] - sb["probe.weight"]).abs().max()) <= 1e-6
     assert float((sa["probe_diff.weight"] - sb["probe_diff.weight"]).abs().max()) <= 1e-6
+    assert (resumed / "verbal.json").read_text() == (straight / "verbal.json").read_text()
     la = json.loads((straight / "train.json").read_text())["log"]
     lb = json.loads((resumed / "train.json").read_text())["log"]
     np.testing.assert_allclose([r["loss"] for r in la], [r["loss"] for r in lb], rtol=1e-5)
@@ -333,3 +335,119 @@ def test_training_and_eval_on_gpu_match_cpu(ws, tmp_path):
     assert rows["cpu"].keys() == rows["cuda"].keys()
     for k, v in rows["cpu"].items():
         assert rows["cuda"][k] == pytest.approx(v, abs=1e-3), k
+
+
+def _verbal_reference_inputs(tok, pair, answer: str, label: str):
+    """The follow-up conversation and label sentence, built here from the documented format."""
+    question = "If the {} were removed, how would your answer change?".format(
+        "text " + " and ".join(f'"{s.strip()}"' for s in pair.remove)
+    )
+    messages = [*map(dict, pair.x), {"role": "assistant", "content": answer.strip()}]
+    messages.append({"role": "user", "content": question})
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
+    sentence = {
+        "unchanged": "My answer would stay the same.",
+        "toward": f"I would be more likely to answer {pair.target.strip()}.",
+        "away": f"I would be less likely to answer {pair.target.strip()}.",
+    }[label]
+    return prompt, tok(sentence, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def _sentence_logprob(model, prompt, sentence, reduce="sum"):
+    ids = torch.tensor([prompt + sentence])
+    with torch.no_grad() if reduce == "sum" else torch.enable_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    n = len(prompt)
+    tok = logp[n - 1 : -1].gather(1, ids[0, n:, None])[:, 0]
+    return tok
+
+
+def test_verbal_explainer_trains_in_the_model_and_is_scored_per_checkpoint(ws, tmp_path, capsys):
+    from introspect.labels import labels_from_run
+    from introspect.train.loop import batch_rows
+
+    run = tmp_path / "run"
+    argv = _argv(ws, run, "--concurrent", "--verbal", "--lr", "3e-3", "--steps", "6")
+    assert main([*argv, "--checkpoint-every", "3", "--batch-size", "4"]) == 0
+    doc = json.loads((run / "train.json").read_text())
+    assert doc["verbal"] == "verbal.json"
+    verbal = json.loads((run / "verbal.json").read_text())
+    pairs, _ = read_pairs(ws / "train.jsonl")
+    ids = [p.id for p in pairs]
+    y = labels_from_run(ws / "m0-train", ids=ids).align(ids)
+    # The threshold: the 1/3 quantile of |label|; the answers: M0's argmax on x (from the
+    # source run: f(x) is the log-odds of the target, so f(x) > 0 means it answers the target).
+    assert verbal["threshold"] == pytest.approx(float(np.quantile(np.abs(y), 1 / 3)))
+    from introspect.run import open_run
+
+    src = open_run(ws / "m0-train")
+    f_x = dict(zip(src.ids, src.f_x.tolist(), strict=True))
+    for p in pairs:
+        other = next(c for c in p.choices if c != p.target)
+        assert verbal["answers"][p.id] == (p.target if f_x[p.id] > 0 else other), p.id
+    bins = np.where(
+        np.abs(y) <= verbal["threshold"], "unchanged", np.where(y > 0, "toward", "away")
+    )
+    assert verbal["label_counts"] == {
+        k: int((bins == k).sum()) for k in ("unchanged", "toward", "away")
+    }
+
+    # The logged verbal loss of step 1 is the cross-entropy of the label sentences under M0,
+    # computed here with a plain forward per pair.
+    lm = load_model(str(ws / "tiny"), dtype="float32")
+    tok, model = lm.tokenizer, lm.model
+    rows = batch_rows(len(pairs), 4, 1, 0)
+    nll = []
+    for i in rows:
+        prompt, sentence = _verbal_reference_inputs(
+            tok, pairs[i], verbal["answers"][ids[i]], bins[i]
+        )
+        nll.extend((-_sentence_logprob(model, prompt, sentence)).tolist())
+    assert doc["log"][0]["verbal"] == pytest.approx(float(np.mean(nll)), rel=1e-5)
+    assert doc["log"][-1]["verbal"] < doc["log"][0]["verbal"]
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--train-dir", str(run), "--pairs", str(ws / "held.jsonl"), "--labels",
+                 str(ws / "m0-held"), "--out", str(out), "--n-boot", "100"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert any(ln.split()[:3] == ["6", "verbal", "kappa"] for ln in printed.splitlines())
+    rows_ = read_jsonl(out / "metrics.jsonl")
+    assert rows_ == recompute_metrics(out / "predictions.jsonl", n_boot=100)
+    verbal_rows = [r for r in rows_ if r["explainer"] == "verbal"]
+    assert {r["checkpoint"] for r in verbal_rows} == {3, 6}  # the start has no verbal training
+    assert {r["metric"] for r in verbal_rows} == {
+        f"{s}.{m}" for s in ("self", "orig", "gap") for m in ("exact_match", "kappa", "changed_f1")
+    }
+    preds = read_jsonl(out / "predictions.jsonl")
+    held, _ = read_pairs(ws / "held.jsonl")
+    y_held = labels_from_run(ws / "m0-held", ids=[p.id for p in held]).align([p.id for p in held])
+    t = verbal["threshold"]
+
+    def binned(v):
+        return "unchanged" if abs(v) <= t else ("toward" if v > 0 else "away")
+
+    at6 = {(p["explainer"], p["id"]): p for p in preds if p["checkpoint"] == 6}
+    ckpt = load_model(str(run / "ckpt-000006" / "model"), dtype="float32")
+    m0_answers = {}
+    src_held = open_run(ws / "m0-held")
+    for i, f in zip(src_held.ids, src_held.f_x.tolist(), strict=True):
+        m0_answers[i] = f
+    for k, p in enumerate(held):
+        rec = at6[("verbal", p.id)]
+        # Current and label bins are the probe records' current Δ and label, binned.
+        assert rec["current"] == binned(at6[("probe", p.id)]["current"])
+        assert rec["label"] == binned(y_held[k])
+        if k < 4:  # the prediction: the sentence the checkpoint's model finds most likely
+            other = next(c for c in p.choices if c != p.target)
+            answer = p.target if m0_answers[p.id] > 0 else other
+            score = {}
+            for label in ("unchanged", "toward", "away"):
+                prompt, sentence = _verbal_reference_inputs(ckpt.tokenizer, p, answer, label)
+                score[label] = float(_sentence_logprob(ckpt.model, prompt, sentence).sum())
+            assert rec["pred"] == max(score, key=score.get), (p.id, score)
+
+
+def test_verbal_explainer_needs_a_training_model(ws, tmp_path):
+    with pytest.raises(TrainError, match="verbal explainer is the model itself"):
+        _cfg(ws, tmp_path / "x", verbal=True)
