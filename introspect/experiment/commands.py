@@ -113,10 +113,12 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "presets:\n"
-            "  quick  64 training / 64 held-out pairs, 8 steps; all conditions on the first task,\n"
-            "         concurrent + frozen on the others (4 min for one task on 2 CPU cores, 135M)\n"
-            "  full   384 / 192 pairs, 48 steps, all conditions on every task (45 min for\n"
-            "         sycophancy,refusal with --label-model gemma3-270m on 2 CPU cores)\n"
+            "  quick  64 training / 64 held-out pairs, 8 steps, noise 0.5 only; all conditions\n"
+            "         on the first task, concurrent + frozen on the others (under 10 min for\n"
+            "         one task on 2 CPU cores, 135M)\n"
+            "  full   384 / 192 pairs, 48 steps, noise 0.2 and 0.5, all conditions on every\n"
+            "         task (84 min for sycophancy,refusal with --label-model gemma3-270m on 2\n"
+            "         CPU cores)\n"
             "\nexample:\n"
             "  introspect experiment coupling --model smollm2-135m --task sycophancy \\\n"
             "      --out runs/coupling --preset quick\n"

@@ -218,8 +218,9 @@ def test_presets_plan_their_conditions():
     q = [s[0] for s in plan_stages(quick)]
     f = [s[0] for s in plan_stages(full)]
     for cond in ("concurrent", "frozen", "shuffled", "noise-0.2", "noise-0.5", "label-other"):
-        assert f"sycophancy/eval-{cond}" in q and f"sycophancy/eval-{cond}" in f
-        assert f"refusal/eval-{cond}" in f
+        assert f"sycophancy/eval-{cond}" in f and f"refusal/eval-{cond}" in f
+        # The demo keeps one noise level (the heavier) to stay within its time budget.
+        assert (f"sycophancy/eval-{cond}" in q) == (cond != "noise-0.2")
     assert "refusal/eval-shuffled" not in q and q[-1] == f[-1] == "report"
 
 
