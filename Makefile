@@ -2,7 +2,7 @@
 #   make demo   set-up + the main job on built-in defaults
 #   make test   set-up + all tests
 #   make bench  set-up + the benchmark suite
-#   make experiment-full  set-up + the full coupling experiment (about an hour on 2 CPU cores)
+#   make experiment-full  set-up + the full coupling experiment (about 85 minutes on 2 CPU cores)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv

@@ -74,3 +74,32 @@ def test_results_prose_cites_the_run():
     cfg = state["config"]
     assert cfg["preset"] == "full" and f"--preset {cfg['preset']}" in section
     assert re.search(r"20\d\d-\d\d-\d\d", section), "the Results section must say when it ran"
+
+
+def test_committed_metrics_are_those_of_the_committed_predictions():
+    # metrics.jsonl of every committed evaluation is what this version computes from its
+    # predictions.jsonl (what `introspect experiment rescore` writes), row for row.
+    from introspect.evaluate import recompute_metrics
+
+    state = json.loads((RUN / "state.json").read_text())
+    cfg = state["config"]
+    dirs = sorted(RUN.glob("*/eval-*"))
+    assert len(dirs) == sum(
+        1 for n in state["completed"] if "/eval-" in n and not state["stages"][n].get("skipped")
+    )
+    for edir in dirs:
+        want = _jsonl(edir / "metrics.jsonl")
+        got = recompute_metrics(edir / "predictions.jsonl", n_boot=cfg["n_boot"], seed=cfg["seed"])
+        assert got == want, edir.name
+
+
+def test_verbal_settings_are_committed_with_the_run():
+    # Each training where the model learned to explain itself keeps its threshold and answers.
+    state = json.loads((RUN / "state.json").read_text())
+    for name in state["completed"]:
+        if "/train-" not in name or name.endswith("train-frozen"):
+            continue
+        train_json = json.loads((RUN / name / "train.json").read_text())
+        assert train_json["verbal"] == "verbal.json", name
+        verbal = json.loads((RUN / name / "verbal.json").read_text())
+        assert verbal["threshold"] > 0 and len(verbal["answers"]) == train_json["n_pairs"]

@@ -114,8 +114,8 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         epilog=(
             "presets:\n"
             "  quick  64 training / 64 held-out pairs, 8 steps, noise 0.5 only; all conditions\n"
-            "         on the first task, concurrent + frozen on the others (under 10 min for\n"
-            "         one task on 2 CPU cores, 135M)\n"
+            "         on the first task, concurrent + frozen on the others (6.6 min for one\n"
+            "         task on 2 CPU cores, 135M; `make demo` runs it)\n"
             "  full   384 / 192 pairs, 48 steps, noise 0.2 and 0.5, all conditions on every\n"
             "         task (84 min for sycophancy,refusal with --label-model gemma3-270m on 2\n"
             "         CPU cores)\n"

@@ -102,9 +102,15 @@ def _claim(
         return f"- {text}: not tested (no {explainer} in this run)."
     r = rows.get(side)
     name = {"gap": "gap", "self": "Self", "orig": "Orig"}[side]
+    said = verdict(r, expect=expect)
+    caveat = ""
+    own = rows.get("self")
+    if side == "gap" and said == "supported" and not (own and (own.get("lo") or 0) > 0):
+        # Self above Orig without Self above chance: the gap comes from Orig below chance.
+        caveat = f"; but Self {_ci(own)} is not above chance, so the gap comes from Orig below it"
     return (
-        f"- {text}: **{verdict(r, expect=expect)}** ({name} {_ci(r)} with 95% CI; "
-        f"{entry['task']}/{entry['condition']}, {explainer}, last checkpoint)."
+        f"- {text}: **{said}** ({name} {_ci(r)} with 95% CI; "
+        f"{entry['task']}/{entry['condition']}, {explainer}, last checkpoint{caveat})."
     )
 
 

@@ -252,3 +252,20 @@ def test_rescore_recomputes_the_metrics_and_report_from_the_predictions(model_di
     assert json.loads((out / "state.json").read_text())["rescored_utc"]
     # Not an experiment directory: a clear error.
     assert main(["experiment", "rescore", str(tmp_path)]) == 3
+
+
+def test_a_gap_from_orig_below_chance_is_called_so():
+    from introspect.experiment.report import _claim
+
+    def row(v, lo, hi):
+        return {"value": v, "lo": lo, "hi": hi}
+
+    def entry(self_lo):
+        rows = {"self": row(0.1, self_lo, 0.2), "orig": row(-0.2, -0.3, -0.1),
+                "gap": row(0.3, 0.1, 0.5)}  # fmt: skip
+        return {"task": "t", "condition": "c", "rows": {"verbal": rows}}
+
+    weak = _claim("claim", entry(-0.01), "gap", explainer="verbal")
+    assert "**supported**" in weak and "not above chance" in weak
+    strong = _claim("claim", entry(0.02), "gap", explainer="verbal")
+    assert "**supported**" in strong and "chance" not in strong
