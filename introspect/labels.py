@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from introspect._io import write_json_atomic
+from introspect.errors import IntrospectError
 
 __all__ = [
     "LabelError",
@@ -40,7 +41,7 @@ _FIELDS = ("delta", "f_x", "f_mod")
 _SHOW = 5
 
 
-class LabelError(ValueError):
+class LabelError(IntrospectError, ValueError):
     """Labels that do not fit the pairs they are used with (messages name the pair ids)."""
 
 

@@ -48,6 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from introspect.errors import EXIT_MODEL, EXIT_USAGE, IntrospectError
+
 if TYPE_CHECKING:
     import torch
 
@@ -68,6 +70,9 @@ __all__ = [
     "resolve_device",
     "use_plain_chat_template",
     "weights_sha256",
+    "weights_sha256_of",
+    "with_chat_template",
+    "wrap_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,16 +89,20 @@ _STAGING_PREFIX = ".staging-"
 # Errors
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(IntrospectError, RuntimeError):
     """A model could not be resolved or loaded; the message says what was tried and why."""
+
+    exit_code = EXIT_MODEL
 
 
 class ModelNotAvailableError(ModelLoadError):
     """An alias names a model whose package is not installed; the message gives the command."""
 
 
-class NoChatTemplateError(ValueError):
+class NoChatTemplateError(IntrospectError, ValueError):
     """Chat messages were given for a model whose tokenizer has no chat template."""
+
+    exit_code = EXIT_USAGE
 
 
 # --------------------------------------------------------------------------------------------
@@ -687,8 +696,9 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def load_model(
-    model: str | os.PathLike[str],
+    model: Any,
     *,
+    tokenizer: Any = None,
     dtype: Any = "float32",
     device: Any = "cpu",
     trust_remote_code: bool = False,
@@ -697,15 +707,19 @@ def load_model(
     """Load a causal LM and its tokenizer.
 
     ``model``: an alias (see :data:`ALIASES`), a local model directory (``config.json`` +
-    ``*.safetensors``), a ``.gguf`` file, or a hub id. ``dtype``: a ``torch.dtype`` or its name
-    (``"float32"``, ``"bfloat16"``, ...). ``device``: where the model is moved. ``cache_dir``: the
+    ``*.safetensors``), a ``.gguf`` file, or a hub id; or a model object already in memory (a
+    transformers causal LM, with its ``tokenizer``), which is wrapped as it is, neither copied,
+    moved nor cast (see :func:`wrap_model`); or a :class:`LoadedModel`, returned as it is.
+    ``dtype``: a ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ...). ``device``: where the model is moved. ``cache_dir``: the
     cache root for GGUF conversions (see :func:`resolve_cache_dir`).
 
     Raises :class:`ModelNotAvailableError` for an alias whose package is missing and
     :class:`ModelLoadError` for anything else that cannot be loaded.
     """
+    if isinstance(model, LoadedModel):
+        return model if tokenizer is None else dataclasses.replace(model, tokenizer=tokenizer)
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a name or a path, not {type(model).__name__}")
+        return wrap_model(model, tokenizer)
     spec = os.fspath(model).strip()
     if not spec:
         raise ModelLoadError("no model given: name an alias, a directory, a .gguf file or a hub id")
@@ -762,6 +776,43 @@ def load_model(
         model_id=spec,
         source=directory,
         weights_hash=weights_sha256(directory),
+    )
+
+
+def weights_sha256_of(model: Any) -> str:
+    """The weights hash of a model in memory: a sha256 over each parameter and buffer's name,
+    dtype, shape and bytes, in ``state_dict`` order (two objects with the same tensors agree)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def wrap_model(model: Any, tokenizer: Any, *, model_id: str | None = None) -> LoadedModel:
+    """A model object the caller holds (a transformers causal LM) and its tokenizer as a
+    :class:`LoadedModel`, without copying, moving or casting it. ``model_id`` defaults to the
+    model's ``name_or_path``, else its class name; the weights hash is computed from its tensors
+    (:func:`weights_sha256_of`)."""
+    if tokenizer is None:
+        raise TypeError(
+            f"a model object ({type(model).__name__}) needs its tokenizer: pass tokenizer=..."
+        )
+    if not hasattr(model, "config") or not callable(model):
+        raise TypeError(
+            f"model must be a name, a path, a LoadedModel or a transformers causal LM, not "
+            f"{type(model).__name__}"
+        )
+    name = model_id or getattr(model, "name_or_path", "") or type(model).__name__
+    return _finish(
+        model,
+        tokenizer,
+        model_id=str(name),
+        source="<in memory>",
+        weights_hash=weights_sha256_of(model),
     )
 
 
@@ -824,6 +875,28 @@ PLAIN_CHAT_TEMPLATE = (
 
 
 CHAT_TEMPLATE_CHOICES = ("model", "plain", "auto")
+
+
+def with_chat_template(tokenizer: Any, mode: str = "auto") -> tuple[Any, str]:
+    """The tokenizer to render chat-message prompts with under ``mode``, and the template in use
+    (``"model"``, ``"plain"`` or ``"none"``). The caller's tokenizer is never changed: where the
+    plain transcript (:data:`PLAIN_CHAT_TEMPLATE`) is needed, a shallow copy carries it.
+
+    ``mode``: ``"model"`` keeps the tokenizer's own template (a tokenizer without one then
+    raises :class:`NoChatTemplateError` on messages); ``"plain"`` uses the transcript in any
+    case; ``"auto"`` uses it only where the tokenizer has no template."""
+    import copy
+
+    if mode not in CHAT_TEMPLATE_CHOICES:
+        raise ValueError(f"chat template mode must be one of {CHAT_TEMPLATE_CHOICES}, not {mode!r}")
+    has_own = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "plain" or (mode == "auto" and not has_own):
+        if getattr(tokenizer, "chat_template", None) == PLAIN_CHAT_TEMPLATE:
+            return tokenizer, "plain"
+        view = copy.copy(tokenizer)
+        view.chat_template = PLAIN_CHAT_TEMPLATE
+        return view, "plain"
+    return tokenizer, ("model" if has_own else "none")
 
 
 def use_plain_chat_template(tokenizer: Any, mode: str = "auto") -> str:

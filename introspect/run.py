@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from introspect.errors import IntrospectError
+
 __all__ = [
     "FORMAT_VERSION",
     "SIDES",
@@ -103,7 +105,7 @@ _IDENTITY_FIELDS = (
 _HASH_CHUNK = 1 << 20
 
 
-class RunError(RuntimeError):
+class RunError(IntrospectError, RuntimeError):
     """A run directory that is missing, corrupt or incompatible (messages name the file)."""
 
 

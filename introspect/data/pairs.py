@@ -24,13 +24,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from introspect.errors import IntrospectError
+
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]  # noqa: UP007 - a runtime alias
 
 ROLES = ("system", "user", "assistant")
 
 
-class PairError(ValueError):
+class PairError(IntrospectError, ValueError):
     """A pair that is not valid. ``where`` names the file and line when known."""
 
     def __init__(self, reason: str, *, pair_id: str | None = None, where: str | None = None):

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from introspect.errors import IntrospectError
 from introspect.evaluate.metrics import (
     DEFAULT_N_BOOT,
     bin_delta,
@@ -48,7 +49,7 @@ __all__ = ["EvalError", "evaluate_training"]
 logger = logging.getLogger(__name__)
 
 
-class EvalError(ValueError):
+class EvalError(IntrospectError, ValueError):
     """Evaluation inputs that do not fit together."""
 
 

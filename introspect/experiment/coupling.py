@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from introspect._io import write_json_atomic
+from introspect.errors import EXIT_USAGE, IntrospectError
 
 __all__ = [
     "OBJECTIVE_OF_TASK",
@@ -91,8 +92,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ExperimentError(ValueError):
+class ExperimentError(IntrospectError, ValueError):
     """Experiment settings that do not fit together, or an output directory in the way."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)

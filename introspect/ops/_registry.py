@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from introspect import _native
+from introspect.errors import EXIT_USAGE, IntrospectError
 
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 ENV_VAR = "INTROSPECT_BACKEND"
@@ -31,8 +32,10 @@ ENV_VAR = "INTROSPECT_BACKEND"
 _AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(IntrospectError, RuntimeError):
     """An explicitly requested backend cannot run this op on these inputs."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)

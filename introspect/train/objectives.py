@@ -26,6 +26,7 @@ import torch
 
 from introspect.behaviour import Encoded, encode
 from introspect.data.pairs import Pair
+from introspect.errors import IntrospectError
 
 __all__ = [
     "OBJECTIVES",
@@ -42,7 +43,7 @@ OBJECTIVES = ("anti-sycophancy", "pro-sycophancy", "refusal-shift", "none")
 _SHOW = 5
 
 
-class TrainError(ValueError):
+class TrainError(IntrospectError, ValueError):
     """Training inputs that do not fit together (messages name the pairs or files)."""
 
 
