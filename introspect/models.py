@@ -710,8 +710,9 @@ def load_model(
     ``*.safetensors``), a ``.gguf`` file, or a hub id; or a model object already in memory (a
     transformers causal LM, with its ``tokenizer``), which is wrapped as it is, neither copied,
     moved nor cast (see :func:`wrap_model`); or a :class:`LoadedModel`, returned as it is.
-    ``dtype``: a ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ...). ``device``: where the model is moved. ``cache_dir``: the
-    cache root for GGUF conversions (see :func:`resolve_cache_dir`).
+    ``dtype``: a ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ...). ``device``:
+    where the model is moved. ``cache_dir``: the cache root for GGUF conversions (see
+    :func:`resolve_cache_dir`).
 
     Raises :class:`ModelNotAvailableError` for an alias whose package is missing and
     :class:`ModelLoadError` for anything else that cannot be loaded.
