@@ -3,7 +3,7 @@
 Naive baseline (DESIGN.md): per batch of pairs, one padded HF forward over the x prompts and one
 over the x' prompts (each followed by the first tokens of multi-token choices, one sequence per
 choice), ``output_hidden_states=True`` and full logits; f and the hidden states are read from
-those. The engine: ``introspect.extract.extract_pairs`` (shared-prefix packing, 4D mask, logits
+those. The engine: ``introspect.engine.extract_pairs`` (shared-prefix packing, 4D mask, logits
 only where needed, hooked layers). Both run on the same pairs in the same process; the script
 reports pairs/s, tokens/s, the speed ratio, the FLOP rate on unique tokens as a fraction of the
 measured GEMM rate, and the largest |Δ_engine − Δ_naive| (the engine's correctness on this
@@ -32,7 +32,7 @@ import harness
 
 from introspect.behaviour import behaviour_value, encode
 from introspect.data.tasks import generate
-from introspect.extract import ExtractConfig, extract_pairs
+from introspect.engine import ExtractConfig, extract_pairs
 from introspect.models import load_model
 
 
@@ -379,7 +379,7 @@ def main(argv=None) -> int:
             variants += [("engine", mode, {}) for mode in PRECISION_MODES]
         d_exact, t_exact = None, None
         for name, mode, switches in variants:
-            from introspect.extract import precision
+            from introspect.engine import precision
 
             run_model = model
             if mode == "bfloat16":

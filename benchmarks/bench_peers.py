@@ -3,7 +3,7 @@
 On the multi-feature workload (``bench_extract.multi_feature_pairs``: contexts of six fact
 sentences and a question, one x' per deleted sentence) with SmolLM2-135M-Instruct:
 
-- **engine**: ``introspect.extract.extract_pairs`` (per-feature Δ and hidden states), fp32, and
+- **engine**: ``introspect.engine.extract_pairs`` (per-feature Δ and hidden states), fp32, and
   under bf16 autocast;
 - **Captum**: ``LLMAttribution(FeatureAblation)`` over a ``TextTemplateInput`` whose features are
   the six sentences (baseline: the empty string), target the answer token. Its attribution of

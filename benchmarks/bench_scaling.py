@@ -1,7 +1,7 @@
 """Benchmark: how extraction scales with the number of pairs, the prompt length and the fraction
 of each prompt that x and x' share.
 
-Each curve times ``introspect.extract.extract_pairs`` (fp32, Δ and two captured layers) in this
+Each curve times ``introspect.engine.extract_pairs`` (fp32, Δ and two captured layers) in this
 process, with the peak resident-memory rise during the call (``bench_extract.PeakRSS``) and the
 arithmetic rate on unique tokens as a fraction of the measured fp32 GEMM rate. Models: a tiny
 random Llama (2 layers, width 64) with SmolLM2's tokenizer, where per-token overheads dominate,

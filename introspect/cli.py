@@ -289,7 +289,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from introspect.data import PairError, ReadReport, iter_pairs
-    from introspect.extract import ExtractConfig, extract_pairs
+    from introspect.engine import ExtractConfig, extract_pairs
     from introspect.models import load_model, resolve_device, use_plain_chat_template
     from introspect.run import RunError, RunWriter, merge_ranks
 
@@ -304,8 +304,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if not os.path.exists(args.pairs):
         _error(f"pair file {args.pairs} does not exist")
         return EXIT_BAD_INPUT
-    from introspect.extract import precision
-    from introspect.extract.engine import PREFIX_WINDOW, check_tree_layout, shared_prefix
+    from introspect.engine import precision
+    from introspect.engine.stream import PREFIX_WINDOW, check_tree_layout, shared_prefix
 
     try:
         device = resolve_device(args.device)
@@ -608,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument(
         "--dtype",
         default="float32",
-        choices=PRECISIONS,  # = introspect.extract.precision.PRECISIONS (a test checks)
+        choices=PRECISIONS,  # = introspect.engine.precision.PRECISIONS (a test checks)
         help="float32 is exact. autocast-fp16/autocast-bf16 keep float32 weights and residual "
         "stream with reduced-precision matrix products; bfloat16 casts the whole model. A "
         "reduced precision is approximate: its fidelity (Pearson and max error of Δ against "
@@ -654,8 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     mlist.add_argument("--json", action="store_true", help="print machine-readable JSON")
     mlist.set_defaults(func=_cmd_models)
 
-    from introspect.evaluate.commands import add_eval_parser
-    from introspect.train.commands import add_train_parser
+    from introspect.evaluation.commands import add_eval_parser
+    from introspect.training.commands import add_train_parser
 
     add_train_parser(sub)
     add_eval_parser(sub)

@@ -79,7 +79,7 @@ def test_results_prose_cites_the_run():
 def test_committed_metrics_are_those_of_the_committed_predictions():
     # metrics.jsonl of every committed evaluation is what this version computes from its
     # predictions.jsonl (what `introspect experiment rescore` writes), row for row.
-    from introspect.evaluate import recompute_metrics
+    from introspect.evaluation import recompute_metrics
 
     state = json.loads((RUN / "state.json").read_text())
     cfg = state["config"]

@@ -30,12 +30,12 @@ def _cmd_coupling(args: argparse.Namespace) -> int:
     import time
 
     from introspect.data import PairError
-    from introspect.evaluate.checkpoints import EvalError
+    from introspect.evaluation.checkpoints import EvalError
     from introspect.experiment.coupling import ExperimentConfig, ExperimentError, run_coupling
     from introspect.labels import LabelError
     from introspect.models import ModelLoadError, NoChatTemplateError
     from introspect.run import RunError
-    from introspect.train.objectives import TrainError
+    from introspect.training.objectives import TrainError
 
     tasks = [t.strip() for t in (args.tasks or args.task).split(",") if t.strip()]
     try:

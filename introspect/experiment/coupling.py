@@ -9,12 +9,12 @@ For each task:
    the stage and its condition are recorded as skipped, with the reason);
 3. ``train-<condition>``: train the explainers on the fixed labels: the direct and the difference
    probe and, where the model trains, the model itself as the verbal explainer (``verbal``)
-   (:func:`introspect.train.train`) while the model trains on the task's behaviour-shifting
+   (:func:`introspect.training.train`) while the model trains on the task's behaviour-shifting
    objective (``concurrent``), with the model frozen (``frozen``), with shuffled labels
    (``shuffled``), with label noise (``noise-<p>``) or with the other model's labels
    (``label-<model>``);
 4. ``eval-<condition>``: re-extract the current model's Δ on the held-out pairs at every
-   checkpoint and score Self and Orig (:func:`introspect.evaluate.checkpoints
+   checkpoint and score Self and Orig (:func:`introspect.evaluation.checkpoints
    .evaluate_training`).
 
 Then ``report`` writes ``report.md`` from the evaluations' ``metrics.jsonl`` rows.
@@ -341,8 +341,8 @@ def _extract_run(
     from dataclasses import replace
 
     from introspect.data import read_pairs
-    from introspect.extract import ExtractConfig, extract_pairs
-    from introspect.extract.engine import PREFIX_WINDOW, check_tree_layout, shared_prefix
+    from introspect.engine import ExtractConfig, extract_pairs
+    from introspect.engine.stream import PREFIX_WINDOW, check_tree_layout, shared_prefix
     from introspect.models import PLAIN_CHAT_TEMPLATE
     from introspect.run import RunWriter
 
@@ -388,7 +388,7 @@ def run_coupling(
     ``state.json``. Stages already completed are skipped when ``resume``."""
     from introspect.data import read_pairs, write_pairs
     from introspect.data.tasks import generate
-    from introspect.evaluate.checkpoints import evaluate_training
+    from introspect.evaluation.checkpoints import evaluate_training
     from introspect.models import (
         ModelLoadError,
         NoChatTemplateError,
@@ -398,7 +398,7 @@ def run_coupling(
     )
 
     device = resolve_device(cfg.device)
-    from introspect.train import TrainConfig, train
+    from introspect.training import TrainConfig, train
 
     out = Path(cfg.out)
     state = _State(out, cfg, resume)
@@ -595,7 +595,7 @@ def rescore_coupling(out: str | Path, *, say: Callable[[str], None] = _say) -> d
     """Recomputes every completed evaluation's ``metrics.jsonl`` (and its Self-vs-Orig plot) from
     its ``predictions.jsonl`` with this version's metrics, then rewrites the report; no model
     runs. Returns ``state.json``'s contents."""
-    from introspect.evaluate import recompute_metrics, write_jsonl
+    from introspect.evaluation import recompute_metrics, write_jsonl
     from introspect.experiment.report import write_report
 
     out = Path(out)
@@ -619,7 +619,7 @@ def rescore_coupling(out: str | Path, *, say: Callable[[str], None] = _say) -> d
         write_jsonl(edir / "metrics.jsonl", rows)
         if (edir / "self_vs_orig.png").is_file():
             try:
-                from introspect.evaluate.plots import plot_coupling
+                from introspect.evaluation.plots import plot_coupling
 
                 plot_coupling(rows, edir / "self_vs_orig.png")
             except ImportError:

@@ -39,7 +39,7 @@ def final_rows(rows: list[dict[str, Any]], explainer: str) -> dict[str, dict[str
 def collect_results(out: Path, stages, state: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per (task, condition): its last-checkpoint rows per explainer, the behaviour
     rows, or why it was skipped."""
-    from introspect.evaluate import read_jsonl
+    from introspect.evaluation import read_jsonl
 
     results = []
     for name, kind, args in stages:
@@ -117,7 +117,7 @@ def _claim(
 def _summary_plot(results: list[dict[str, Any]], path: Path) -> Path | None:
     """Self and Orig per condition at the last checkpoint: one panel for the direct probe (r) and,
     where the run has one, one for the verbal explainer (κ)."""
-    from introspect.evaluate.plots import _pyplot
+    from introspect.evaluation.plots import _pyplot
 
     panels = []
     for expl in ("probe", "verbal"):

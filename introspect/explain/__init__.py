@@ -22,7 +22,7 @@ Modules:
 Explainers that answer in words (the model explaining its own counterfactual behaviour) are
 categorical: they subclass :class:`Explainer` with ``output = "categorical"``, live in their own
 module beside ``probe`` and register the same way; their answers are scored by
-:mod:`introspect.evaluate` with exact match and changed-F1.
+:mod:`introspect.evaluation` with exact match and changed-F1.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ prompts it is ``x + answer + "\\n\\n" + question + "\\n"``.
   (binned sentences name the pair's target). Each sentence is followed by the tokenizer's EOS token.
   Labels given to :meth:`VerbalExplainer.fit` are categorical (these labels; a choice may be given
   up to case, surrounding spaces and brackets) or numeric Δ. Numeric Δ is binned with
-  ``config.threshold`` (:func:`introspect.evaluate.bin_delta`: ``|Δ| ≤ threshold`` → unchanged,
+  ``config.threshold`` (:func:`introspect.evaluation.bin_delta`: ``|Δ| ≤ threshold`` → unchanged,
   above → toward, below → away); under ``"choice"`` "toward" becomes "change to the target" and
   "away" "change to the other choice", which needs pairs with exactly two choices.
 
@@ -529,7 +529,7 @@ class VerbalExplainer(base.Explainer):
         )
         out = []
         if numeric:
-            from introspect.evaluate.metrics import bin_delta
+            from introspect.evaluation.metrics import bin_delta
 
             bins = bin_delta(values.astype(np.float64), float(self.config.threshold))
             for p, b in zip(pairs, bins, strict=True):

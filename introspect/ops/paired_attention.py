@@ -1,6 +1,6 @@
 """paired_attention: attention over packed token tries, without a dense mask.
 
-A packed row holds one or more token tries (see :mod:`introspect.extract.packing`): every
+A packed row holds one or more token tries (see :mod:`introspect.engine.packing`): every
 position is a trie node, attends to itself and its ancestors, and its parent lies before it. The
 row decomposes into *segments*: maximal runs of positions whose parent is the position just
 before. Every query of a segment sees
@@ -10,7 +10,7 @@ before. Every query of a segment sees
 - the segment's own range causally (key ≤ query).
 
 Padding positions form segments of their own that see only the diagonal (each padding query
-attends to itself, as in :func:`~introspect.extract.packing.pack`). Rows may also attend to a
+attends to itself, as in :func:`~introspect.engine.packing.pack`). Rows may also attend to a
 cached prefix of P positions held before them in the keys (a system prompt computed once): a
 trie hung under it sees all P prefix keys, and keys are numbered ``[0, P)`` for the prefix, then
 ``P + t`` for row position ``t``.
@@ -239,7 +239,7 @@ def segment_meta(
     """Segment metadata of a packed batch.
 
     Args:
-        source: a ``PackedBatch`` (from :func:`introspect.extract.packing.pack`, either
+        source: a ``PackedBatch`` (from :func:`introspect.engine.packing.pack`, either
             layout, with or without a cached prefix), an integer ``[B, T]`` tensor of parent
             positions, or a sequence of per-row parent sequences. A parent is an earlier
             position of the same row, ``ROOT`` (-1) for a trie root, ``PREFIX`` (-3) for a root

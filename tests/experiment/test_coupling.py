@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 from tiny import tiny_llama, tiny_tokenizer
 
 from introspect.cli import main
-from introspect.evaluate import read_jsonl
+from introspect.evaluation import read_jsonl
 from introspect.experiment import ExperimentConfig, ExperimentError, run_coupling
 from introspect.experiment.coupling import plan_stages
 
@@ -147,8 +147,8 @@ def test_resume_skips_completed_stages_and_ends_identical(model_dir, tmp_path, m
     run_coupling(_cfg(model_dir, ref), say=lambda _m: None)
 
     out = tmp_path / "run"
-    import introspect.evaluate.checkpoints as checkpoints
-    import introspect.train.loop as loop
+    import introspect.evaluation.checkpoints as checkpoints
+    import introspect.training.loop as loop
 
     real_evaluate = checkpoints.evaluate_training
     calls = {"eval": 0, "train": 0}

@@ -10,7 +10,7 @@ from explain_synth import pearson_by_hand
 from hypothesis import given
 from hypothesis import strategies as st
 
-from introspect.evaluate import (
+from introspect.evaluation import (
     BINS,
     agreement,
     bin_delta,

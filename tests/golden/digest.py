@@ -68,13 +68,15 @@ def run_all(root: Path) -> dict:
     os.chdir(root)
     try:
         make_model(root)
-        assert main(["pairs", "--task", "sycophancy", "--n", "24", "--seed", "0",
-                     "--out", "pairs.jsonl"]) == 0  # fmt: skip
-        assert main(["extract", "--model", "model", "--pairs", "pairs.jsonl", "--out", "run",
-                     "--layers", "0,1", "--positions", "last,span", "--shard-rows", "8"]) == 0  # fmt: skip
-        assert main(["experiment", "coupling", "--model", "model", "--tasks", "sycophancy",
-                     "--out", "exp", "--n-train", "12", "--n-held", "12", "--steps", "2",
-                     "--checkpoint-every", "1", "--n-boot", "50", "--seed", "0"]) == 0  # fmt: skip
+        pairs = ["pairs", "--task", "sycophancy", "--n", "24", "--seed", "0",
+                 "--out", "pairs.jsonl"]  # fmt: skip
+        extract = ["extract", "--model", "model", "--pairs", "pairs.jsonl", "--out", "run",
+                   "--layers", "0,1", "--positions", "last,span", "--shard-rows", "8"]  # fmt: skip
+        coupling = ["experiment", "coupling", "--model", "model", "--tasks", "sycophancy",
+                    "--out", "exp", "--n-train", "12", "--n-held", "12", "--steps", "2",
+                    "--checkpoint-every", "1", "--n-boot", "50", "--seed", "0"]  # fmt: skip
+        for argv in (pairs, extract, coupling):
+            assert main(argv) == 0, argv
     finally:
         os.chdir(cwd)
     return {"extract": digest_tree(root / "run", root), "coupling": digest_tree(root / "exp", root)}

@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("triton")
 
 from asserts import assert_close
-from introspect.kernels import choice_logprobs as k
 
+from introspect.kernels import choice_logprobs as k
 from introspect.ops import available_backends, choice_logprobs
 
 pytestmark = pytest.mark.triton

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from asserts import assert_close, max_error
-from introspect.kernels import paired_attention as kpa
 
+from introspect.kernels import paired_attention as kpa
 from introspect.ops import BackendUnavailableError, paired_attention, segment_meta
 from introspect.ops.paired_attention import PAD, PREFIX
 

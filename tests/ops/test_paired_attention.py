@@ -12,14 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tiny import tiny_llama
 
-from introspect.extract.attention import (
+from introspect.engine.attention import (
     ATTN_NAME,
     paired_attention_context,
     paired_attention_unsupported,
     register_paired_attention,
     supports_paired_attention,
 )
-from introspect.extract.packing import build_item, pack
+from introspect.engine.packing import build_item, pack
 from introspect.ops import paired_attention, segment_meta
 from introspect.ops.paired_attention import PAD, PREFIX, ROOT
 

@@ -3,7 +3,7 @@
 For each checkpoint of a training directory (and for the starting model, as step 0), the
 *current* model's f(x), f(x'), Δ and hidden states are re-extracted on held-out pairs with the
 extraction engine; each explainer predicts Δ from those hidden states, and
-:func:`introspect.evaluate.recompute_metrics` scores the predictions against the current Δ (Self)
+:func:`introspect.evaluation.recompute_metrics` scores the predictions against the current Δ (Self)
 and against the fixed labels (Orig). Explainers:
 
 - ``probe``: the probe trained alongside the model, as saved in the checkpoint;
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from introspect.errors import IntrospectError
-from introspect.evaluate.metrics import (
+from introspect.evaluation.metrics import (
     DEFAULT_N_BOOT,
     bin_delta,
     pearson_r,
@@ -61,8 +61,8 @@ def _extract(lm, pairs, layer: int, batch_tokens: int):
     """f(x), f(x') and the layer's hidden states of x and of x' on ``pairs`` (pair order)."""
     from dataclasses import replace
 
-    from introspect.extract import ExtractConfig, extract_pairs
-    from introspect.extract.engine import check_tree_layout
+    from introspect.engine import ExtractConfig, extract_pairs
+    from introspect.engine.stream import check_tree_layout
 
     config = ExtractConfig(layers=(layer,), batch_tokens=batch_tokens)
     if check_tree_layout(lm.model, lm.tokenizer, pairs[0]) is not None:
@@ -102,7 +102,7 @@ def evaluate_training(
     from introspect.explain import ArraySource
     from introspect.labels import labels_from_run, load_labels
     from introspect.models import load_model, resolve_device
-    from introspect.train import checkpoint as ck
+    from introspect.training import checkpoint as ck
 
     t_start = time.perf_counter()
     device = resolve_device(device)
@@ -165,7 +165,7 @@ def evaluate_training(
             f_x, f_mod, h, h_mod = _extract(lm, pairs, layer, batch_tokens)
             obj = None
             if objective != "none":
-                from introspect.train.objectives import TrainError, objective_logprob
+                from introspect.training.objectives import TrainError, objective_logprob
 
                 try:
                     obj = objective_logprob(lm.model, lm.tokenizer, pairs, objective)
@@ -173,7 +173,7 @@ def evaluate_training(
                     say(f"note: no objective log-probability on the held-out pairs ({exc})")
             said = None
             if step in with_verbal:
-                from introspect.train.loop import verbal_explainer
+                from introspect.training.loop import verbal_explainer
 
                 ex = verbal_explainer(lm.model, lm.tokenizer, verbal_doc)
                 said = ex.predict(pairs, answers=verbal_answers)
@@ -222,7 +222,7 @@ def evaluate_training(
     files = ["predictions.jsonl", "metrics.jsonl", "behaviour.jsonl"]
     if plots:
         try:
-            from introspect.evaluate.plots import plot_behaviour, plot_coupling
+            from introspect.evaluation.plots import plot_behaviour, plot_coupling
 
             plot_coupling(rows, out / "self_vs_orig.png")
             plot_behaviour(behaviour, out / "behaviour.png")
@@ -254,7 +254,7 @@ def _base_answers(spec: str, pairs, verbal_doc: dict[str, Any], device: str) -> 
     import torch
 
     from introspect.models import load_model
-    from introspect.train.loop import verbal_explainer
+    from introspect.training.loop import verbal_explainer
 
     lm = load_model(spec, dtype="float32", device=device)
     with torch.no_grad():

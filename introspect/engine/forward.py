@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from introspect.extract.packing import PackedBatch
+from introspect.engine.packing import PackedBatch
 
 HEADS = ("reads", "full")
 ATTENTIONS = ("auto", "mask", "paired")
@@ -31,7 +31,7 @@ ATTENTIONS = ("auto", "mask", "paired")
 
 def resolve_attention(model, attention: str, layout: str) -> str:
     """``mask`` (the model's own attention with the packed mask) or ``paired`` (the segment
-    kernel registered with transformers, :mod:`introspect.extract.attention`). ``auto`` takes
+    kernel registered with transformers, :mod:`introspect.engine.attention`). ``auto`` takes
     ``paired`` on CUDA for a model it supports, in the tree layout, and ``mask`` elsewhere (on
     CPU, SDPA with the boolean mask is the fast path)."""
     if attention not in ATTENTIONS:
@@ -41,11 +41,11 @@ def resolve_attention(model, attention: str, layout: str) -> str:
     if attention == "auto":
         if next(model.parameters()).device.type != "cuda":
             return "mask"
-        from introspect.extract.attention import supports_paired_attention
+        from introspect.engine.attention import supports_paired_attention
 
         return "paired" if supports_paired_attention(model) else "mask"
     if attention == "paired":
-        from introspect.extract.attention import paired_attention_unsupported
+        from introspect.engine.attention import paired_attention_unsupported
 
         why = paired_attention_unsupported(model)
         if why is not None:
@@ -209,7 +209,7 @@ def forward_packed(
     if attention == "paired":
         if batch.layout != "tree":
             raise ValueError("paired attention needs the tree layout")
-        from introspect.extract.attention import paired_attention_context
+        from introspect.engine.attention import paired_attention_context
         from introspect.ops.paired_attention import segment_meta
 
         meta = segment_meta(batch, device=device)

@@ -20,7 +20,7 @@ from tiny import tiny_llama, tiny_tokenizer
 from introspect import open_run
 from introspect.cli import main
 from introspect.data import read_pairs
-from introspect.extract import ExtractConfig, extract_pairs
+from introspect.engine import ExtractConfig, extract_pairs
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +225,6 @@ def test_span_positions_and_paths_layout(workspace, tmp_path):
 
 def test_cli_precisions_match_the_engine():
     from introspect.cli import PRECISIONS
-    from introspect.extract.precision import PRECISIONS as ENGINE
+    from introspect.engine.precision import PRECISIONS as ENGINE
 
     assert PRECISIONS == ENGINE

@@ -74,7 +74,7 @@ def measure_fidelity(model, tokenizer, pairs, config, mode: str, *, prefix=None)
     """
     import copy
 
-    from introspect.extract.engine import extract_pairs
+    from introspect.engine.stream import extract_pairs
 
     _check(mode)
     pairs = list(pairs)

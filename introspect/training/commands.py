@@ -21,8 +21,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from introspect.labels import LabelError
     from introspect.models import ModelLoadError
     from introspect.run import RunError
-    from introspect.train.loop import TrainConfig, train
-    from introspect.train.objectives import TrainError
+    from introspect.training.loop import TrainConfig, train
+    from introspect.training.objectives import TrainError
 
     try:
         config = TrainConfig(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from introspect.extract import precision
+from introspect.engine import precision
 
 
 def test_compare_reports_pearson_and_errors():
@@ -44,7 +44,7 @@ def test_measure_fidelity_on_a_tiny_model():
     from test_engine import _system_pairs
     from tiny import tiny_llama, tiny_tokenizer
 
-    from introspect.extract import ExtractConfig
+    from introspect.engine import ExtractConfig
 
     model, tok = tiny_llama(), tiny_tokenizer()
     pairs = _system_pairs(6)

@@ -1,9 +1,9 @@
 """Evaluation: agreement metrics, Self / Orig / gap with paired bootstrap intervals, and the
-rows of ``metrics.jsonl`` (see :mod:`introspect.evaluate.metrics`)."""
+rows of ``metrics.jsonl`` (see :mod:`introspect.evaluation.metrics`)."""
 
 from __future__ import annotations
 
-from introspect.evaluate.metrics import (
+from introspect.evaluation.metrics import (
     BINS,
     CATEGORICAL_METRICS,
     DEFAULT_N_BOOT,

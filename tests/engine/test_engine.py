@@ -12,8 +12,8 @@ from tiny import tiny_llama, tiny_tokenizer
 
 from introspect.behaviour import encode, measure
 from introspect.data import Pair
-from introspect.extract import ExtractConfig, extract_pairs
-from introspect.extract.packing import build_item, pack
+from introspect.engine import ExtractConfig, extract_pairs
+from introspect.engine.packing import build_item, pack
 
 
 def test_trie_shares_prefixes_and_mask_follows_ancestry():
@@ -320,7 +320,7 @@ def test_prefix_cache_is_used_and_saves_tokens():
     on = _run(model, tok, pairs)
     off = _run(model, tok, pairs, prefix_cache=False)
     np.testing.assert_allclose(on["f_mod"] - on["f_x"], off["f_mod"] - off["f_x"], atol=1e-5)
-    from introspect.extract import shared_prefix
+    from introspect.engine import shared_prefix
 
     prefix = shared_prefix(tok, pairs)
     assert len(prefix) >= 10
@@ -344,7 +344,7 @@ def test_behaviour_none_stops_after_the_last_layer():
 
 
 def test_paths_layout_has_no_4d_mask():
-    from introspect.extract.packing import pack
+    from introspect.engine.packing import pack
 
     item = build_item(0, [[5, 6, 7, 8], [5, 6, 9]], [[1], [2, 3]])
     batch = pack([item], row_tokens=64, layout="paths")
@@ -367,7 +367,7 @@ def test_bad_config_is_a_clear_error():
 
 
 def test_layout_check_accepts_single_choice_pairs():
-    from introspect.extract.engine import check_tree_layout
+    from introspect.engine.stream import check_tree_layout
 
     pair = Pair.from_json(
         {"id": "one", "prompt": "hello world , I think paris", "remove": ["I think"],

@@ -1,7 +1,7 @@
 """Concurrent post-training: a behaviour-shifting objective on the model and an explanation
 objective on a probe, at the same time, with resumable checkpoints.
 
-    from introspect.train import TrainConfig, train
+    from introspect.training import TrainConfig, train
 
     train(TrainConfig(model="smollm2-135m", pairs="train.jsonl", labels="runs/m0",
                       out="runs/train", objective="anti-sycophancy", concurrent=True))
@@ -30,5 +30,5 @@ _WHERE = {
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        return getattr(importlib.import_module(f"introspect.train.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'introspect.train' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"introspect.training.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'introspect.training' has no attribute {name!r}")

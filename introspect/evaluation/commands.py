@@ -17,7 +17,7 @@ def _error(message: str) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from introspect.data import PairError
-    from introspect.evaluate.checkpoints import EvalError, evaluate_training
+    from introspect.evaluation.checkpoints import EvalError, evaluate_training
     from introspect.labels import LabelError
     from introspect.models import ModelLoadError, resolve_device
     from introspect.run import RunError

@@ -17,11 +17,11 @@ from tiny import tiny_llama, tiny_tokenizer
 from introspect.cli import main
 from introspect.data import read_pairs, write_pairs
 from introspect.data.tasks import generate
-from introspect.evaluate import read_jsonl, recompute_metrics
+from introspect.evaluation import read_jsonl, recompute_metrics
 from introspect.models import load_model
-from introspect.train import TrainConfig, TrainError, sft_targets, train
-from introspect.train.checkpoint import list_checkpoints
-from introspect.train.objectives import objective_logprob
+from introspect.training import TrainConfig, TrainError, sft_targets, train
+from introspect.training.checkpoint import list_checkpoints
+from introspect.training.objectives import objective_logprob
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +322,7 @@ def test_training_and_eval_on_gpu_match_cpu(ws, tmp_path):
     b = load_file(str(tmp_path / "cuda" / "ckpt-000003" / "state.safetensors"))
     for key in ("probe.weight", "probe_diff.weight"):
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
-    from introspect.evaluate.checkpoints import evaluate_training
+    from introspect.evaluation.checkpoints import evaluate_training
 
     rows = {}
     for dev in ("cpu", "cuda"):
@@ -365,7 +365,7 @@ def _sentence_logprob(model, prompt, sentence, reduce="sum"):
 
 def test_verbal_explainer_trains_in_the_model_and_is_scored_per_checkpoint(ws, tmp_path, capsys):
     from introspect.labels import labels_from_run
-    from introspect.train.loop import batch_rows
+    from introspect.training.loop import batch_rows
 
     run = tmp_path / "run"
     argv = _argv(ws, run, "--concurrent", "--verbal", "--lr", "3e-3", "--steps", "6")

@@ -19,7 +19,7 @@ import torch
 
 from introspect.behaviour import BEHAVIOURS, behaviour_value, encode
 from introspect.data.pairs import Pair
-from introspect.extract.forward import (
+from introspect.engine.forward import (
     ATTENTIONS,
     HEADS,
     PrefixCache,
@@ -27,7 +27,7 @@ from introspect.extract.forward import (
     resolve_attention,
     uses_sliding_window,
 )
-from introspect.extract.packing import LAYOUTS, build_item, pack
+from introspect.engine.packing import LAYOUTS, build_item, pack
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ cross-entropy on that choice's tokens after the prompt):
 
 The forwards here run the model on right-padded batches, compute the LM head only at the
 positions that are read, and capture one decoder layer's output (the residual stream, the same
-definition as :mod:`introspect.extract`) at the last prompt token, with gradients.
+definition as :mod:`introspect.engine`) at the last prompt token, with gradients.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _forward_reads(
     """Log-probabilities of ``reads`` ((position, token): the logits at ``position`` predict
     ``token``) per sequence, flattened in order, and the output of decoder ``layer`` at
     ``hidden_at[i]`` of each sequence ([B, D]) when asked."""
-    from introspect.extract.forward import _base, decoder_layers
+    from introspect.engine.forward import _base, decoder_layers
 
     device = next(model.parameters()).device
     width = max(len(s) for s in sequences)

@@ -5,7 +5,7 @@ registers one, ``"introspect_paired"``, that computes each layer's attention wit
 :func:`introspect.ops.paired_attention` from the batch's :class:`~introspect.ops.SegmentMeta`
 instead of a ``[B, 1, T, T]`` mask. Usage::
 
-    from introspect.extract.attention import paired_attention_context, supports_paired_attention
+    from introspect.engine.attention import paired_attention_context, supports_paired_attention
     from introspect.ops.paired_attention import segment_meta
 
     batch = pack(items, row_tokens=...)

@@ -6,7 +6,7 @@ Per step, on a minibatch of training pairs::
     loss = w_behaviour · L_behaviour + w_explain · L_explain + w_verbal · L_verbal + w_reg · L_reg
 
 - ``L_behaviour`` (with ``concurrent``): mean −log p(objective's choice | x), teacher-forced over
-  the choice's tokens (see :mod:`introspect.train.objectives`);
+  the choice's tokens (see :mod:`introspect.training.objectives`);
 - ``L_explain``: MSE between a linear probe on the *current* model's hidden state of x (decoder
   ``layer`` at the last prompt token, standardised by M0's feature mean and scale) and the fixed
   labels (Δ of the source run, standardised by their mean and deviation), plus the same for a
@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from introspect.train import checkpoint as ck
-from introspect.train.objectives import (
+from introspect.training import checkpoint as ck
+from introspect.training.objectives import (
     OBJECTIVES,
     TrainError,
     choice_logps,
