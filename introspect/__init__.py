@@ -54,7 +54,31 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "ExperimentConfig": ("introspect.experiment.coupling", "ExperimentConfig"),
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "TASKS",
+    "ExperimentConfig",
+    "IntrospectError",
+    "LoadedModel",
+    "Pair",
+    "Run",
+    "TrainConfig",
+    "__version__",
+    "available_backends",
+    "coerce_pairs",
+    "evaluate",
+    "extract",
+    "generate",
+    "generate_hint",
+    "generate_refusal",
+    "generate_sycophancy",
+    "load_model",
+    "open_run",
+    "ops",
+    "read_pairs",
+    "run_coupling",
+    "train",
+    "write_pairs",
+]
 
 if TYPE_CHECKING:
     from introspect import ops

@@ -20,14 +20,21 @@ def _dicts(n: int = 10) -> list[dict]:
     rows = []
     for i in range(n):
         a, b = words[i % 6], words[(i + 2) % 6]
-        rows.append({
-            "id": f"q{i}",
-            "prompt": [{"role": "user", "content": f"what is the capital of {a} ? "
-                        f"my friend says {b} . ( A ) {a} ( B ) {b}"}],
-            "remove": [f"my friend says {b} ."],
-            "choices": ["( A )", "( B )"] if i % 3 else ["A", "B"],
-            "target": ("( A )" if i % 3 else "A") if i % 2 else ("( B )" if i % 3 else "B"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": f"q{i}",
+                "prompt": [
+                    {
+                        "role": "user",
+                        "content": f"what is the capital of {a} ? "
+                        f"my friend says {b} . ( A ) {a} ( B ) {b}",
+                    }
+                ],
+                "remove": [f"my friend says {b} ."],
+                "choices": ["( A )", "( B )"] if i % 3 else ["A", "B"],
+                "target": ("( A )" if i % 3 else "A") if i % 2 else ("( B )" if i % 3 else "B"),
+            }
+        )
     return rows
 
 
@@ -117,15 +124,30 @@ def test_train_and_evaluate_a_model_held_in_memory(in_memory, tmp_path):
     introspect.write_pairs(tmp_path / "train.jsonl", introspect.coerce_pairs(rows[:8]))
     introspect.write_pairs(tmp_path / "held.jsonl", introspect.coerce_pairs(rows[8:]))
     introspect.extract(model, tok, rows, tmp_path / "m0", layers=[1])
-    cfg = introspect.TrainConfig(model="in-memory-tiny", pairs=str(tmp_path / "train.jsonl"),
-                                 labels=str(tmp_path / "m0"), out=str(tmp_path / "train"),
-                                 concurrent=True, layer=1, steps=2, batch_size=4, lr=1e-3,
-                                 checkpoint_every=1)  # fmt: skip
+    cfg = introspect.TrainConfig(
+        model="in-memory-tiny",
+        pairs=str(tmp_path / "train.jsonl"),
+        labels=str(tmp_path / "m0"),
+        out=str(tmp_path / "train"),
+        concurrent=True,
+        layer=1,
+        steps=2,
+        batch_size=4,
+        lr=1e-3,
+        checkpoint_every=1,
+    )
     doc = introspect.train(cfg, model=model, tokenizer=tok)
     assert doc["step"] == 2 and doc["model"]["in_memory"]
-    summary = introspect.evaluate(tmp_path / "train", tmp_path / "held.jsonl", tmp_path / "m0",
-                                  tmp_path / "eval", model=model, tokenizer=tok, n_boot=20,
-                                  plots=False)  # fmt: skip
+    summary = introspect.evaluate(
+        tmp_path / "train",
+        tmp_path / "held.jsonl",
+        tmp_path / "m0",
+        tmp_path / "eval",
+        model=model,
+        tokenizer=tok,
+        n_boot=20,
+        plots=False,
+    )
     assert summary["checkpoints"] == [0, 1, 2]
     assert {r["explainer"] for r in summary["metrics"]} >= {"probe", "ridge-m0"}
     assert tok.chat_template == template
@@ -138,10 +160,20 @@ def test_the_public_names_are_there_and_documented():
             continue
         value = getattr(introspect, name)
         assert (getattr(value, "__doc__", None) or "").strip(), name
-    for verb in ("extract", "train", "evaluate", "run_coupling", "load_model", "read_pairs",
-                 "write_pairs", "generate", "open_run"):  # fmt: skip
-        assert ">>>" in getattr(introspect, verb).__doc__ or "::" in getattr(
-            introspect, verb).__doc__, verb  # fmt: skip
+    for verb in (
+        "extract",
+        "train",
+        "evaluate",
+        "run_coupling",
+        "load_model",
+        "read_pairs",
+        "write_pairs",
+        "generate",
+        "open_run",
+    ):
+        assert (
+            ">>>" in getattr(introspect, verb).__doc__ or "::" in getattr(introspect, verb).__doc__
+        ), verb
 
 
 def test_a_wrong_model_is_one_clear_error(tmp_path, capsys):
@@ -149,8 +181,17 @@ def test_a_wrong_model_is_one_clear_error(tmp_path, capsys):
 
     pairs = tmp_path / "p.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in _dicts(2)))
-    code = main(["extract", "--model", "no-such-model", "--pairs", str(pairs), "--out",
-                 str(tmp_path / "run")])  # fmt: skip
+    code = main(
+        [
+            "extract",
+            "--model",
+            "no-such-model",
+            "--pairs",
+            str(pairs),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and err[0].startswith("introspect: error: "), err
     with pytest.raises(introspect.IntrospectError):

@@ -74,12 +74,17 @@ def extract_arrays(lm, pairs, layer: int, batch_tokens: int, say: Callable[[str]
     from introspect.engine.driver import extract
 
     with tempfile.TemporaryDirectory(prefix="introspect-eval-") as tmp:
-        run = extract(lm, None, pairs, Path(tmp) / "run", layers=[layer],
-                      batch_tokens=batch_tokens, say=say)  # fmt: skip
+        run = extract(
+            lm, None, pairs, Path(tmp) / "run", layers=[layer], batch_tokens=batch_tokens, say=say
+        )
         if run.ids != [p.id for p in pairs]:
             raise RuntimeError("the extraction returned the pairs in another order")
-        return (np.array(run.f_x), np.array(run.f_mod), np.array(run.hidden(layer, "x")),
-                np.array(run.hidden(layer, "mod")))  # fmt: skip
+        return (
+            np.array(run.f_x),
+            np.array(run.f_mod),
+            np.array(run.hidden(layer, "x")),
+            np.array(run.hidden(layer, "mod")),
+        )
 
 
 def _finite(v: float) -> float | None:
@@ -93,8 +98,23 @@ def _fmt(v: float | None) -> str:
 class _Evaluation:
     """One evaluation (see :func:`evaluate_training`), step by step."""
 
-    def __init__(self, train_dir, pairs_path, labels_run, out, *, model, tokenizer, n_boot,
-                 seed, include_start, batch_tokens, plots, device, say) -> None:  # fmt: skip
+    def __init__(
+        self,
+        train_dir,
+        pairs_path,
+        labels_run,
+        out,
+        *,
+        model,
+        tokenizer,
+        n_boot,
+        seed,
+        include_start,
+        batch_tokens,
+        plots,
+        device,
+        say,
+    ) -> None:
         from introspect.models import resolve_device
         from introspect.training import checkpoint as ck
 
@@ -125,9 +145,11 @@ class _Evaluation:
         lm = load_model(model, tokenizer=tokenizer)
         recorded = self.doc["model"].get("weights_hash")
         if recorded and lm.weights_hash != recorded:
-            raise EvalError(f"{self.train_dir}: the model given is not the one it was trained "
-                            f"from (weights hash {lm.weights_hash[:12]}, recorded "
-                            f"{recorded[:12]})")  # fmt: skip
+            raise EvalError(
+                f"{self.train_dir}: the model given is not the one it was trained "
+                f"from (weights hash {lm.weights_hash[:12]}, recorded "
+                f"{recorded[:12]})"
+            )
         return lm
 
     def _read_inputs(self) -> None:
@@ -141,8 +163,9 @@ class _Evaluation:
             raise EvalError(f"{self.pairs_path}: no pairs")
         self.ids = [p.id for p in self.pairs]
         if not os.path.isdir(self.labels_run):
-            raise EvalError(f"labels run {self.labels_run} is not a directory (give an extract "
-                            "run)")  # fmt: skip
+            raise EvalError(
+                f"labels run {self.labels_run} is not a directory (give an extract run)"
+            )
         self.y = labels_from_run(self.labels_run, ids=self.ids).align(self.ids)
         if not np.isfinite(self.y).all():
             raise EvalError(f"{self.labels_run}: some held-out labels are not finite")
@@ -150,8 +173,9 @@ class _Evaluation:
             seen = set(load_labels(self.train_dir / "labels.json").ids)
             overlap = sum(i in seen for i in self.ids)
             if overlap:
-                self.say(f"warning: {overlap} of the {len(self.ids)} held-out pairs were "
-                         "training pairs")  # fmt: skip
+                self.say(
+                    f"warning: {overlap} of the {len(self.ids)} held-out pairs were training pairs"
+                )
 
     def _verbal_setup(self) -> None:
         """The verbal explainer's settings and M0's answers on x (what the follow-up shows,
@@ -202,8 +226,9 @@ class _Evaluation:
             from introspect.training.objectives import TrainError, objective_logprob
 
             try:
-                got.objective_logprob = objective_logprob(lm.model, lm.tokenizer, self.pairs,
-                                                          objective)  # fmt: skip
+                got.objective_logprob = objective_logprob(
+                    lm.model, lm.tokenizer, self.pairs, objective
+                )
             except TrainError as exc:
                 self.say(f"note: no objective log-probability on the held-out pairs ({exc})")
         if with_verbal:
@@ -221,12 +246,22 @@ class _Evaluation:
         for name, expl in explainers:
             diff = getattr(getattr(expl, "config", None), "mode", "direct") == "difference"
             pred = expl.predict(ArraySource(got.h, got.h_mod if diff else None, ids=self.ids))
-            records.extend(prediction_records(self.ids, pred, got.delta, self.y,
-                                              checkpoint=step, explainer=name))  # fmt: skip
+            records.extend(
+                prediction_records(
+                    self.ids, pred, got.delta, self.y, checkpoint=step, explainer=name
+                )
+            )
         if verbal and got.verbal is not None:
-            records.extend(prediction_records(
-                self.ids, got.verbal, bin_delta(got.delta, self.threshold), self.y_bins,
-                checkpoint=step, explainer="verbal"))  # fmt: skip
+            records.extend(
+                prediction_records(
+                    self.ids,
+                    got.verbal,
+                    bin_delta(got.delta, self.threshold),
+                    self.y_bins,
+                    checkpoint=step,
+                    explainer="verbal",
+                )
+            )
         return records
 
     def behaviour_row(self, step: int, model, got: Measured) -> dict[str, Any]:
@@ -260,9 +295,11 @@ class _Evaluation:
             behaviour.append(self.behaviour_row(step, model, got))
             dt = time.perf_counter() - t0
             timings.append({"checkpoint": step, "seconds": dt})
-            self.say(f"checkpoint {step}: mean Δ {got.delta.mean():+.3f}, mean f(x) "
-                     f"{got.f_x.mean():+.3f}, r(Δ, labels) "
-                     f"{_fmt(behaviour[-1]['delta_vs_labels'])} ({dt:.1f} s)")  # fmt: skip
+            self.say(
+                f"checkpoint {step}: mean Δ {got.delta.mean():+.3f}, mean f(x) "
+                f"{got.f_x.mean():+.3f}, r(Δ, labels) "
+                f"{_fmt(behaviour[-1]['delta_vs_labels'])} ({dt:.1f} s)"
+            )
         return self.write(plan, records, behaviour, timings)
 
     def write(self, plan, records, behaviour, timings) -> dict[str, Any]:
@@ -285,11 +322,18 @@ class _Evaluation:
             except ImportError as exc:
                 self.say(f"warning: no plots ({exc}); pip install matplotlib")
         summary = {
-            "train_dir": str(self.train_dir), "pairs": str(self.pairs_path),
-            "labels": str(self.labels_run), "n": len(self.ids), "layer": self.layer,
-            "n_boot": self.n_boot, "seed": self.seed, "checkpoints": [s for s, _, _ in plan],
-            "timings": timings, "wall_s": time.perf_counter() - self.t_start, "files": files,
-        }  # fmt: skip
+            "train_dir": str(self.train_dir),
+            "pairs": str(self.pairs_path),
+            "labels": str(self.labels_run),
+            "n": len(self.ids),
+            "layer": self.layer,
+            "n_boot": self.n_boot,
+            "seed": self.seed,
+            "checkpoints": [s for s, _, _ in plan],
+            "timings": timings,
+            "wall_s": time.perf_counter() - self.t_start,
+            "files": files,
+        }
         ck.write_json(out / "eval.json", summary)
         return {**summary, "metrics": rows, "behaviour": behaviour}
 
@@ -327,7 +371,19 @@ def evaluate_training(
                                       model=model, tokenizer=tok)
         [r for r in summary["metrics"] if r["metric"] == "gap.pearson"]
     """
-    job = _Evaluation(train_dir, pairs_path, labels_run, out, model=model, tokenizer=tokenizer,
-                      n_boot=n_boot, seed=seed, include_start=include_start,
-                      batch_tokens=batch_tokens, plots=plots, device=device, say=say)  # fmt: skip
+    job = _Evaluation(
+        train_dir,
+        pairs_path,
+        labels_run,
+        out,
+        model=model,
+        tokenizer=tokenizer,
+        n_boot=n_boot,
+        seed=seed,
+        include_start=include_start,
+        batch_tokens=batch_tokens,
+        plots=plots,
+        device=device,
+        say=say,
+    )
     return job.run()
