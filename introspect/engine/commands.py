@@ -128,8 +128,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     )
     try:
         stats = job.run()
-    except PairError as exc:
-        raise type(exc)(f"{exc} (the run so far is kept: fix the file and pass --resume)") from exc
+    except PairError:
+        say("  (the run so far is kept: fix the file and pass --resume)")
+        raise
     if job.rank == 0:
         print(
             f"extracted {stats.pairs} pairs into {args.out} ({stats.seconds:.1f} s; packing "

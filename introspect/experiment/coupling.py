@@ -39,7 +39,7 @@ from typing import Any
 
 from introspect._io import write_json_atomic
 from introspect._progress import format_seconds, say_stderr
-from introspect.errors import EXIT_USAGE, IntrospectError
+from introspect.errors import UsageError
 
 __all__ = [
     "OBJECTIVE_OF_TASK",
@@ -91,10 +91,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ExperimentError(IntrospectError, ValueError):
+class ExperimentError(UsageError):
     """Experiment settings that do not fit together, or an output directory in the way."""
-
-    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
