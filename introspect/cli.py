@@ -90,12 +90,14 @@ def _os_error(exc: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one subcommand; returns its exit code (see :mod:`introspect.errors`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    debug = bool(getattr(args, "debug", False))
     try:
         return args.func(args)
     except IntrospectError as exc:
