@@ -7,9 +7,12 @@ objective on a probe, at the same time, with resumable checkpoints.
                       out="runs/train", objective="anti-sycophancy", concurrent=True))
 
 Modules: ``objectives`` (what each objective trains towards, the differentiable forwards),
-``loop`` (the training loop), ``checkpoint`` (directory layout, optimizer state), ``commands``
-(the ``introspect train`` command line). Attributes are imported on first use, so that importing
-this package (and building the command line) does not import torch.
+``config`` (the settings), ``loop`` (:func:`train`, the entry point), ``trainer`` (the run as an
+object: setup, one step, checkpoints), ``setup`` (what a run prepares before its first step),
+``checkpoint`` (directory layout, optimizer state), ``commands`` (the ``introspect train``
+command line). ``train(config, model=..., tokenizer=...)`` starts from a model object in memory.
+Attributes are imported on first use, so that importing this package (and building the command
+line) does not import torch.
 """
 
 from __future__ import annotations
