@@ -68,14 +68,23 @@ class Measured:
         return self.f_mod - self.f_x
 
 
-def extract_arrays(lm, pairs, layer: int, batch_tokens: int, say: Callable[[str], None]):
+def extract_arrays(
+    lm, pairs, layer: int, batch_tokens: int, say: Callable[[str], None], chat_template="model"
+):
     """f(x), f(x') and the layer's hidden states of x and of x' on ``pairs``, in pair order,
     through the extraction driver (into a temporary run directory)."""
     from introspect.engine.driver import extract
 
     with tempfile.TemporaryDirectory(prefix="introspect-eval-") as tmp:
         run = extract(
-            lm, None, pairs, Path(tmp) / "run", layers=[layer], batch_tokens=batch_tokens, say=say
+            lm,
+            None,
+            pairs,
+            Path(tmp) / "run",
+            layers=[layer],
+            batch_tokens=batch_tokens,
+            chat_template=chat_template,
+            say=say,
         )
         if run.ids != [p.id for p in pairs]:
             raise RuntimeError("the extraction returned the pairs in another order")
@@ -128,6 +137,8 @@ class _Evaluation:
             raise EvalError(f"{train_dir}: no {ck.TRAIN_JSON} here (not a training directory)")
         self.doc = ck.read_json(self.train_dir / ck.TRAIN_JSON)
         self.layer = int(self.doc["layer"])
+        # How the run rendered chat prompts (a checkpoint's saved tokenizer already carries it).
+        self.chat_template = self.doc.get("chat_template", "model")
         self.checkpoints = ck.list_checkpoints(self.train_dir)
         if not self.checkpoints:
             raise EvalError(f"{train_dir}: no checkpoints to evaluate")
@@ -195,8 +206,14 @@ class _Evaluation:
         self.y_bins = bin_delta(self.y, self.threshold)
         lm = load_model(self.base, dtype="float32", device=self.device)
         with torch.no_grad():
-            ex = verbal_explainer(lm.model, lm.tokenizer, self.verbal_doc)
+            ex = verbal_explainer(lm.model, self._tokenizer(lm), self.verbal_doc)
             self.verbal_answers = ex.answers(self.pairs)
+
+    def _tokenizer(self, lm):
+        """``lm``'s tokenizer rendering chat prompts as the training run did (not changed)."""
+        from introspect.models import with_chat_template
+
+        return with_chat_template(lm.tokenizer, self.chat_template)[0]
 
     def plan(self) -> list[tuple[int, Any, list[tuple[str, Any]]]]:
         """``(step, model, explainers)`` of every evaluation point, step 0 first."""
@@ -220,21 +237,30 @@ class _Evaluation:
         from introspect.models import load_model
 
         lm = load_model(model, dtype="float32", device=self.device)
-        got = Measured(*extract_arrays(lm, self.pairs, self.layer, self.batch_tokens, self.say))
+        got = Measured(
+            *extract_arrays(
+                lm,
+                self.pairs,
+                self.layer,
+                self.batch_tokens,
+                self.say,
+                chat_template=self.chat_template,
+            )
+        )
         objective = self.doc.get("behaviour_objective", "none")
         if objective != "none":
             from introspect.training.objectives import TrainError, objective_logprob
 
             try:
                 got.objective_logprob = objective_logprob(
-                    lm.model, lm.tokenizer, self.pairs, objective
+                    lm.model, self._tokenizer(lm), self.pairs, objective
                 )
             except TrainError as exc:
                 self.say(f"note: no objective log-probability on the held-out pairs ({exc})")
         if with_verbal:
             from introspect.training.loop import verbal_explainer
 
-            ex = verbal_explainer(lm.model, lm.tokenizer, self.verbal_doc)
+            ex = verbal_explainer(lm.model, self._tokenizer(lm), self.verbal_doc)
             got.verbal = ex.predict(self.pairs, answers=self.verbal_answers)
         return got
 
