@@ -93,10 +93,11 @@ def test_extract_a_model_held_in_memory(in_memory, tmp_path, given):
         pairs = copy.deepcopy(rows)
     run = introspect.extract(model, tok, pairs, tmp_path / "run", layers=[1, -1])
     assert run.ids == [r["id"] for r in rows]
-    delta, hx, hm = _reference(model, tok, rows, layer=2)
+    # Layer 1 of 3: HF's last hidden state is after the final norm, the others are not.
+    delta, hx, hm = _reference(model, tok, rows, layer=1)
     np.testing.assert_allclose(run.delta, delta, atol=1e-4)
-    assert _rel(np.asarray(run.hidden(2, "x")), hx) < 1e-5
-    assert _rel(np.asarray(run.hidden(2, "mod")), hm) < 1e-5
+    assert _rel(np.asarray(run.hidden(1, "x")), hx) < 1e-5
+    assert _rel(np.asarray(run.hidden(1, "mod")), hm) < 1e-5
     # The caller's objects are as they were.
     assert tok.chat_template == template
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +56,38 @@ class ReadReport:
         self.skipped.append(skipped)
 
 
+class _Checker:
+    """The checks every pair row gets, whatever it came from: the schema (:meth:`Pair.from_json`)
+    and ids unique over the whole input. Bad rows raise (``fail``) or go to ``report``
+    (``skip``), named by ``source`` and their number there."""
+
+    def __init__(self, source: str, on_error: str, report: ReadReport | None):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.source, self.on_error = source, on_error
+        self.report = report if report is not None else ReadReport()
+        self.seen: set[str] = set()
+
+    def skip(self, number: int, pair_id: str | None, reason: str, raw: str) -> None:
+        self.report.handle(Skipped(self.source, number, pair_id, reason, raw), self.on_error)
+
+    def check(self, number: int, obj: object, raw: str) -> Pair | None:
+        """The pair of one row (a parsed JSON object or a :class:`Pair`), or None if skipped."""
+        if isinstance(obj, Pair):
+            pair = obj
+        else:
+            try:
+                pair = Pair.from_json(obj)
+            except PairError as exc:
+                self.skip(number, exc.pair_id, exc.reason, raw)
+                return None
+        if pair.id in self.seen:
+            self.skip(number, pair.id, "duplicate id (an earlier line has it)", raw)
+            return None
+        self.seen.add(pair.id)
+        return pair
+
+
 def iter_pairs(
     path: str | os.PathLike, *, on_error: str = "fail", report: ReadReport | None = None
 ) -> Iterator[Pair]:
@@ -64,46 +96,76 @@ def iter_pairs(
     Memory stays flat in the file size apart from the set of ids seen (for duplicate checks).
     Bad lines raise (``fail``) or are recorded in ``report.skipped`` (``skip``).
     """
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    report = report if report is not None else ReadReport()
     path = Path(path)
-    source = str(path)
-    seen: set[str] = set()
+    checker = _Checker(str(path), on_error, report)
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 reason = f"not valid UTF-8 (byte {exc.start} of the line)"
-                shown = raw.decode("utf-8", "replace").rstrip("\n")
-                report.handle(Skipped(source, lineno, None, reason, shown), on_error)
+                checker.skip(lineno, None, reason, raw.decode("utf-8", "replace").rstrip("\n"))
                 continue
             stripped = text.strip()
             if not stripped:
                 continue
-            report.rows += 1
+            checker.report.rows += 1
             try:
                 obj = json.loads(stripped)
             except json.JSONDecodeError as exc:
                 reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
-                report.handle(Skipped(source, lineno, None, reason, stripped), on_error)
+                checker.skip(lineno, None, reason, stripped)
                 continue
-            try:
-                pair = Pair.from_json(obj)
-            except PairError as exc:
-                report.handle(Skipped(source, lineno, exc.pair_id, exc.reason, stripped), on_error)
-                continue
-            if pair.id in seen:
-                reason = "duplicate id (an earlier line has it)"
-                report.handle(Skipped(source, lineno, pair.id, reason, stripped), on_error)
-                continue
-            seen.add(pair.id)
+            pair = checker.check(lineno, obj, stripped)
+            if pair is not None:
+                yield pair
+
+
+def iter_coerced(
+    items: Iterable[Pair | Mapping], *, on_error: str = "fail", report: ReadReport | None = None
+) -> Iterator[Pair]:
+    """Streams pairs from :class:`Pair` objects or dicts in the pair-file schema, each dict
+    validated exactly as :func:`iter_pairs` validates a line (and ids unique over the whole
+    input); a problem names the item's 1-based position (``item K``) and its id."""
+    checker = _Checker("item", on_error, report)
+    for k, item in enumerate(items, start=1):
+        checker.report.rows += 1
+        if not isinstance(item, (Pair, Mapping)):
+            reason = f"expected a Pair or a dict, not {type(item).__name__}"
+            checker.skip(k, None, reason, repr(item)[:200])
+            continue
+        # A Pair is checked in its pair-file form too: it may have been built by hand.
+        raw = dumps(item) if isinstance(item, Pair) else None
+        obj = json.loads(raw) if raw is not None else dict(item)
+        if raw is None:
+            raw = json.dumps(obj, ensure_ascii=False, default=str)
+        pair = checker.check(k, obj, raw)
+        if pair is not None:
             yield pair
 
 
+def coerce_pairs(
+    items: Iterable[Pair | Mapping], *, on_error: str = "fail", report: ReadReport | None = None
+) -> list[Pair]:
+    """All valid pairs of ``items`` (see :func:`iter_coerced`), for code that builds pairs
+    itself rather than writing a pair file.
+
+    >>> from introspect.data import coerce_pairs
+    >>> pairs = coerce_pairs([{"id": "a", "prompt": "Is it (A) or (B)? I think (B).",
+    ...                        "remove": ["I think (B)."], "choices": ["(A)", "(B)"],
+    ...                        "target": "(B)"}])
+    >>> pairs[0].x_mod
+    'Is it (A) or (B)?'
+    """
+    return list(iter_coerced(items, on_error=on_error, report=report))
+
+
 def read_pairs(path: str | os.PathLike, *, on_error: str = "fail") -> tuple[list[Pair], ReadReport]:
-    """All valid pairs of a pair file, and the report of what was skipped."""
+    """All valid pairs of a pair file, and the report of what was skipped.
+
+    >>> pairs, report = read_pairs("pairs.jsonl", on_error="skip")  # doctest: +SKIP
+    >>> [s.describe() for s in report.skipped]  # doctest: +SKIP
+    """
     report = ReadReport()
     pairs = list(iter_pairs(path, on_error=on_error, report=report))
     return pairs, report
@@ -132,6 +194,10 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[Pair]) -> int:
     """Writes pairs as JSONL atomically (a reader never sees a half-written file).
 
     Raises PairError on a repeated id; returns the number of pairs written.
+
+    >>> from introspect.data.tasks import generate
+    >>> write_pairs("syc.jsonl", generate("sycophancy", 100, seed=0))  # doctest: +SKIP
+    100
     """
     seen: set[str] = set()
 

@@ -85,6 +85,14 @@ def train(
     it. ``train.json`` records a mode other than ``"model"`` as ``chat_template``, and a run
     resumes only with the mode it started with.
 
+    Example, the model trained on anti-sycophancy while a probe learns M0's Δ::
+
+        run = introspect.extract(model, tok, "train.jsonl", "build/m0", layers=[15])
+        cfg = introspect.TrainConfig(model="my-model", pairs="train.jsonl", labels="build/m0",
+                                     out="build/train", concurrent=True, layer=15, steps=16)
+        doc = introspect.train(cfg, model=model, tokenizer=tok)
+        doc["log"][-1]["loss"], doc["checkpoints"]
+
     Raises :class:`TrainError`, :class:`~introspect.labels.LabelError`,
     :class:`~introspect.data.PairError` or :class:`~introspect.run.RunError` for bad inputs."""
     trainer = Trainer(
