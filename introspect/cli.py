@@ -35,6 +35,7 @@ def _add_models_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand (building it imports no torch)."""
+    from introspect.bench import add_bench_parser
     from introspect.data.commands import add_pairs_parser
     from introspect.engine.commands import add_extract_parser, add_measure_parser
     from introspect.evaluation.commands import add_eval_parser
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_parser,
         add_eval_parser,
         add_experiment_parser,
+        add_bench_parser,
     ):
         add(sub)
     return parser
