@@ -9,28 +9,10 @@ import errno
 import sys
 import traceback
 
-from introspect._args import CHAT_TEMPLATE_CHOICES, EXIT_CODES, add_json_argument
+from introspect._args import CHAT_TEMPLATE_CHOICES, EXIT_CODES
 from introspect.errors import EXIT_INTERNAL, EXIT_USAGE, EXIT_WRITE, IntrospectError
 
 __all__ = ["CHAT_TEMPLATE_CHOICES", "build_parser", "main"]
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    from introspect._args import write_json_output
-    from introspect.models import format_models_table, list_models
-
-    rows = list_models()
-    if not (write_json_output(args.json, rows) and args.json == "-"):
-        print(format_models_table(rows))
-    return 0
-
-
-def _add_models_parser(sub) -> None:
-    models = sub.add_parser("models", help="the built-in model aliases and the conversion cache")
-    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    mlist = msub.add_parser("list", help="aliases, whether installed and cached, cache sizes")
-    add_json_argument(mlist, "the table")
-    mlist.set_defaults(func=_cmd_models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from introspect.engine.commands import add_extract_parser, add_measure_parser
     from introspect.evaluation.commands import add_eval_parser
     from introspect.experiment.commands import add_experiment_parser
+    from introspect.models.commands import add_models_parser
     from introspect.ops.commands import add_info_parser
     from introspect.training.commands import add_train_parser
 
@@ -60,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_pairs_parser,
         add_measure_parser,
         add_extract_parser,
-        _add_models_parser,
+        add_models_parser,
         add_train_parser,
         add_eval_parser,
         add_experiment_parser,

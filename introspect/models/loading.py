@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from introspect.errors import UsageError
 from introspect.models.aliases import ALIASES, _locate_alias
 from introspect.models.errors import ModelLoadError, _first_line, _require_transformers
 from introspect.models.gguf_cache import (
@@ -66,7 +67,7 @@ def _resolve_dtype(dtype: Any) -> torch.dtype:
         resolved = getattr(torch, _DTYPE_NAMES.get(name, name), None)
         if isinstance(resolved, torch.dtype) and resolved.is_floating_point:
             return resolved
-    raise ValueError(f"unsupported dtype {dtype!r}; use e.g. torch.float32, 'bfloat16', 'float16'")
+    raise UsageError(f"unsupported dtype {dtype!r}; use e.g. torch.float32, 'bfloat16', 'float16'")
 
 
 def resolve_device(device: Any = "auto") -> str:
@@ -80,9 +81,9 @@ def resolve_device(device: Any = "auto") -> str:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}: {exc}") from None
+        raise UsageError(f"unknown device {device!r}: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible here")
+        raise UsageError(f"device {device!r} asked for, but no CUDA GPU is visible here")
     return name
 
 
