@@ -1,12 +1,12 @@
-"""Counterfactual pairs: the record, validation, pair files, task generators and importers."""
+"""Counterfactual pairs: the record, validation, pair files, pairs built in code, task generators
+and importers."""
 
+from introspect.data.coerce import coerce_pairs, iter_coerced
 from introspect.data.io import (
     ON_ERROR,
     PairFileError,
     ReadReport,
     Skipped,
-    coerce_pairs,
-    iter_coerced,
     iter_pairs,
     read_pairs,
     write_pairs,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from introspect.data.pairs import Pair, PairError, dumps
 
@@ -32,6 +33,13 @@ class Skipped:
     pair_id: str | None
     reason: str
     raw: str = ""
+    #: How errors name the row; ``None``: ``"source:line"``.
+    where: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the row is, as errors name it (``"pairs.jsonl:3"``, ``"item 3"``)."""
+        return self.where if self.where is not None else f"{self.source}:{self.line}"
 
     def to_json(self) -> dict:
         return {"source": self.source, "line": self.line, "id": self.pair_id,
@@ -39,7 +47,7 @@ class Skipped:
 
     def describe(self) -> str:
         who = f", id {self.pair_id!r}" if self.pair_id else ""
-        return f"{self.source}:{self.line}{who}: {self.reason}"
+        return f"{self.location}{who}: {self.reason}"
 
 
 @dataclass
@@ -52,40 +60,33 @@ class ReadReport:
     def handle(self, skipped: Skipped, on_error: str) -> None:
         if on_error == "fail":
             raise PairFileError(skipped.reason, pair_id=skipped.pair_id,
-                                where=f"{skipped.source}:{skipped.line}")  # fmt: skip
+                                where=skipped.location)  # fmt: skip
         self.skipped.append(skipped)
 
 
-class _Checker:
-    """The checks every pair row gets, whatever it came from: the schema (:meth:`Pair.from_json`)
-    and ids unique over the whole input. Bad rows raise (``fail``) or go to ``report``
-    (``skip``), named by ``source`` and their number there."""
+def check_on_error(on_error: str) -> None:
+    """Raises ValueError unless ``on_error`` is one of :data:`ON_ERROR`."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
 
-    def __init__(self, source: str, on_error: str, report: ReadReport | None):
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        self.source, self.on_error = source, on_error
-        self.report = report if report is not None else ReadReport()
-        self.seen: set[str] = set()
 
-    def skip(self, number: int, pair_id: str | None, reason: str, raw: str) -> None:
-        self.report.handle(Skipped(self.source, number, pair_id, reason, raw), self.on_error)
+def admit(obj: Any, seen: set[str], *, unit: str) -> Pair:
+    """One decoded pair object (or :class:`Pair`) checked as a pair-file line is checked.
 
-    def check(self, number: int, obj: object, raw: str) -> Pair | None:
-        """The pair of one row (a parsed JSON object or a :class:`Pair`), or None if skipped."""
-        if isinstance(obj, Pair):
-            pair = obj
-        else:
-            try:
-                pair = Pair.from_json(obj)
-            except PairError as exc:
-                self.skip(number, exc.pair_id, exc.reason, raw)
-                return None
-        if pair.id in self.seen:
-            self.skip(number, pair.id, "duplicate id (an earlier line has it)", raw)
-            return None
-        self.seen.add(pair.id)
-        return pair
+    Validates it and rejects an id already in ``seen``, which gains the id of a good pair.
+    Raises :class:`PairError` without a location (the caller knows where ``obj`` came from);
+    ``unit`` names what holds a pair (``"line"``, ``"item"``) in the duplicate-id message. A
+    :class:`Pair` is validated through its JSON form and returned as it is.
+    """
+    if isinstance(obj, Pair):
+        Pair.from_json(obj.to_json())
+        pair = obj
+    else:
+        pair = Pair.from_json(obj)
+    if pair.id in seen:
+        raise PairError(f"duplicate id (an earlier {unit} has it)", pair_id=pair.id)
+    seen.add(pair.id)
+    return pair
 
 
 def iter_pairs(
@@ -96,68 +97,36 @@ def iter_pairs(
     Memory stays flat in the file size apart from the set of ids seen (for duplicate checks).
     Bad lines raise (``fail``) or are recorded in ``report.skipped`` (``skip``).
     """
+    check_on_error(on_error)
+    report = report if report is not None else ReadReport()
     path = Path(path)
-    checker = _Checker(str(path), on_error, report)
+    source = str(path)
+    seen: set[str] = set()
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 reason = f"not valid UTF-8 (byte {exc.start} of the line)"
-                checker.skip(lineno, None, reason, raw.decode("utf-8", "replace").rstrip("\n"))
+                shown = raw.decode("utf-8", "replace").rstrip("\n")
+                report.handle(Skipped(source, lineno, None, reason, shown), on_error)
                 continue
             stripped = text.strip()
             if not stripped:
                 continue
-            checker.report.rows += 1
+            report.rows += 1
             try:
                 obj = json.loads(stripped)
             except json.JSONDecodeError as exc:
                 reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
-                checker.skip(lineno, None, reason, stripped)
+                report.handle(Skipped(source, lineno, None, reason, stripped), on_error)
                 continue
-            pair = checker.check(lineno, obj, stripped)
-            if pair is not None:
-                yield pair
-
-
-def iter_coerced(
-    items: Iterable[Pair | Mapping], *, on_error: str = "fail", report: ReadReport | None = None
-) -> Iterator[Pair]:
-    """Streams pairs from :class:`Pair` objects or dicts in the pair-file schema, each dict
-    validated exactly as :func:`iter_pairs` validates a line (and ids unique over the whole
-    input); a problem names the item's 1-based position (``item K``) and its id."""
-    checker = _Checker("item", on_error, report)
-    for k, item in enumerate(items, start=1):
-        checker.report.rows += 1
-        if not isinstance(item, (Pair, Mapping)):
-            reason = f"expected a Pair or a dict, not {type(item).__name__}"
-            checker.skip(k, None, reason, repr(item)[:200])
-            continue
-        # A Pair is checked in its pair-file form too: it may have been built by hand.
-        raw = dumps(item) if isinstance(item, Pair) else None
-        obj = json.loads(raw) if raw is not None else dict(item)
-        if raw is None:
-            raw = json.dumps(obj, ensure_ascii=False, default=str)
-        pair = checker.check(k, obj, raw)
-        if pair is not None:
+            try:
+                pair = admit(obj, seen, unit="line")
+            except PairError as exc:
+                report.handle(Skipped(source, lineno, exc.pair_id, exc.reason, stripped), on_error)
+                continue
             yield pair
-
-
-def coerce_pairs(
-    items: Iterable[Pair | Mapping], *, on_error: str = "fail", report: ReadReport | None = None
-) -> list[Pair]:
-    """All valid pairs of ``items`` (see :func:`iter_coerced`), for code that builds pairs
-    itself rather than writing a pair file.
-
-    >>> from introspect.data import coerce_pairs
-    >>> pairs = coerce_pairs([{"id": "a", "prompt": "Is it (A) or (B)? I think (B).",
-    ...                        "remove": ["I think (B)."], "choices": ["(A)", "(B)"],
-    ...                        "target": "(B)"}])
-    >>> pairs[0].x_mod
-    'Is it (A) or (B)?'
-    """
-    return list(iter_coerced(items, on_error=on_error, report=report))
 
 
 def read_pairs(path: str | os.PathLike, *, on_error: str = "fail") -> tuple[list[Pair], ReadReport]:
