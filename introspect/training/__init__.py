@@ -17,8 +17,7 @@ line) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from introspect._lazy import lazy_getattr
 
 __all__ = ["OBJECTIVES", "TrainConfig", "TrainError", "sft_targets", "train"]
 
@@ -31,7 +30,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"introspect.training.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'introspect.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _WHERE)
