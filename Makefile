@@ -1,8 +1,10 @@
 # The commands the README names. Each does its own set-up from nothing.
 #   make demo   set-up + the main job on built-in defaults
 #   make test   set-up + all tests
-#   make bench  set-up + the benchmark suite
+#   make bench  set-up + the benchmark suite, written under build/bench/ (untracked)
 #   make experiment-full  set-up + the full coupling experiment (about 85 minutes on 2 CPU cores)
+#   make publish-results  copy the curated results of those runs into benchmarks/results/ and
+#               docs/results/coupling-full/ (tracked), and regenerate the docs' tables from them
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +14,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup install demo experiment-full test bench lint clean
+.PHONY: setup install demo experiment-full test bench publish-results lint clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -59,19 +61,31 @@ test: install
 	$(VENV)/bin/ruff check .
 
 # A suite sized to finish within about 20 minutes on a 2-core CPU; each script writes its own
-# results name under benchmarks/results/ (the full-size runs the README cites are separate).
+# results name under build/bench/ (the full-size runs the docs cite are separate; see
+# docs/benchmarks.md). Nothing tracked changes: `make publish-results` copies what the docs cite.
+BENCH_OUT := build/bench
 BENCH_RESULTS := delta_probe_quick kernels_quick extract_bench peers_bench scaling_quick
 # The peer tools (Captum, TransformerLens) are only needed here.
 bench: install
 	$(PIP) install --quiet ".[bench]"
 	@start=$$(date +%s); set -e; \
-	$(PY) benchmarks/bench_delta_probe.py --quick; \
-	$(PY) benchmarks/bench_kernels.py --quick; \
-	$(PY) benchmarks/bench_extract.py --tasks multi-feature --n 252 --name extract_bench; \
-	$(PY) benchmarks/bench_peers.py --contexts 42 --name peers_bench; \
-	$(PY) benchmarks/bench_scaling.py --quick; \
-	$(PY) benchmarks/summary.py $(BENCH_RESULTS) --elapsed $$(( $$(date +%s) - start )) \
-		--out benchmarks/results/bench_summary.md
+	$(PY) benchmarks/bench_delta_probe.py --quick --out-dir $(BENCH_OUT); \
+	$(PY) benchmarks/bench_kernels.py --quick --out-dir $(BENCH_OUT); \
+	$(PY) benchmarks/bench_extract.py --tasks multi-feature --n 252 --name extract_bench \
+		--out-dir $(BENCH_OUT); \
+	$(PY) benchmarks/bench_peers.py --contexts 42 --name peers_bench --out-dir $(BENCH_OUT); \
+	$(PY) benchmarks/bench_scaling.py --quick --out-dir $(BENCH_OUT); \
+	$(PY) benchmarks/summary.py $(BENCH_RESULTS) --results $(BENCH_OUT) \
+		--elapsed $$(( $$(date +%s) - start )) --out $(BENCH_OUT)/bench_summary.md
+
+# The pages whose tables are generated from benchmarks/results/ (between bench-table markers).
+DOC_TABLES := docs/benchmarks.md docs/extraction.md docs/training.md
+# Copies the curated results found under build/bench/ and build/full/coupling/ (result JSON,
+# metrics, compressed predictions, one figure per result) into the tracked places, then
+# regenerates the docs' tables; `git diff` shows what changed.
+publish-results: $(VENV)/.torch
+	$(PY) benchmarks/publish.py --bench $(BENCH_OUT) --coupling build/full/coupling
+	$(PY) benchmarks/summary.py --markdown $(DOC_TABLES)
 
 lint: install
 	$(VENV)/bin/ruff check .

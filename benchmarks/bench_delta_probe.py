@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the headline size")
     parser.add_argument("--backend", default="cpp", help="backend to compare with the reference")
+    harness.add_out_dir(parser)
     args = parser.parse_args(argv)
+    harness.use_out_dir(args.out_dir)
 
     if args.backend not in available_backends("delta_probe"):
         print(

@@ -1,6 +1,6 @@
 """Benchmark: the packed extraction engine against the naive two-pass baseline, same run.
 
-Naive baseline (DESIGN.md): per batch of pairs, one padded HF forward over the x prompts and one
+Naive baseline: per batch of pairs, one padded HF forward over the x prompts and one
 over the x' prompts (each followed by the first tokens of multi-token choices, one sequence per
 choice), ``output_hidden_states=True`` and full logits; f and the hidden states are read from
 those. The engine: ``introspect.engine.extract_pairs`` (shared-prefix packing, 4D mask, logits
@@ -318,8 +318,8 @@ def memory_scaling(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Results go to benchmarks/results/extract.{json,csv} (extract_memory.* for "
-        "--memory).",
+        epilog="Results go to build/bench/extract.{json,csv} (extract_memory.* for --memory), "
+        "or under --out-dir.",
     )
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tasks", nargs="+", default=["sycophancy"])
@@ -343,7 +343,9 @@ def main(argv=None) -> int:
         help="instead: peak memory of `introspect extract` runs of N pairs each",
     )
     ap.add_argument("--name", default="extract", help="results file name")
+    harness.add_out_dir(ap)
     args = ap.parse_args(argv)
+    harness.use_out_dir(args.out_dir)
     if args.memory_n:
         return memory_scaling(args)
     ablate = set(args.tasks if args.ablations == [] else (args.ablations or []))

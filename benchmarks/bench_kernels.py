@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small size (M=512, V=8192)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5/3)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
+    harness.add_out_dir(parser)
     args = parser.parse_args(argv)
+    harness.use_out_dir(args.out_dir)
     if args.probe:
         print(json.dumps(_probe(json.loads(args.probe))))
         return 0

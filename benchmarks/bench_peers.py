@@ -234,7 +234,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller op sizes")
     ap.add_argument("--skip", nargs="*", default=[], choices=["captum", "transformer_lens", "ops"])
     ap.add_argument("--name", default="peers", help="results file name")
+    harness.add_out_dir(ap)
     args = ap.parse_args(argv)
+    harness.use_out_dir(args.out_dir)
 
     stamp = harness.machine_stamp()
     bw = harness.memory_bandwidth()

@@ -95,7 +95,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--name", default=None, help="results name (scaling / scaling_quick)")
+    harness.add_out_dir(ap)
     args = ap.parse_args(argv)
+    harness.use_out_dir(args.out_dir)
     name = args.name or ("scaling_quick" if args.quick else "scaling")
     q = args.quick
     sizes = {

@@ -4,11 +4,13 @@ Every benchmark script in this folder uses it, so numbers are taken the same way
 warm-up runs, then repeats; medians with the 10th/90th percentiles; ratios against a baseline
 measured in the same run (never compare absolute times across runs on a shared machine); each
 row stamped with the machine, versions and time; rows written as JSON and CSV under
-benchmarks/results/, charts as PNG beside them.
+build/bench/ (or ``--out-dir``), charts as PNG beside them. ``make publish-results`` copies the
+curated results the docs cite into benchmarks/results/ (tracked).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as _dt
 import json
@@ -21,7 +23,31 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+# Where a benchmark run writes (untracked; ``--out-dir`` replaces it for one run).
+RESULTS = ROOT / "build" / "bench"
+# The curated results the docs cite, copied here by ``make publish-results`` (tracked).
+PUBLISHED = Path(__file__).resolve().parent / "results"
+
+
+def add_out_dir(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--out-dir`` (where this run's results go) to a benchmark script's arguments."""
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the result files go (default: build/bench/ under the repository root; "
+        "`make publish-results` copies the curated ones into benchmarks/results/)",
+    )
+
+
+def use_out_dir(out_dir: Path | None) -> Path:
+    """Makes ``out_dir`` (when given) the directory this process writes results to."""
+    global RESULTS
+    if out_dir is not None:
+        RESULTS = Path(out_dir)
+    return RESULTS
 
 
 def measure(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7) -> dict:
@@ -181,7 +207,7 @@ def bar_chart(
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -219,7 +245,7 @@ def line_panels(
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -1,10 +1,13 @@
-"""Prints one summary table of the result files a benchmark suite run wrote.
+"""Prints one summary table of the result files a benchmark suite run wrote, or regenerates the
+docs' result tables from the result files.
 
     python benchmarks/summary.py delta_probe_quick kernels_quick extract_bench peers_bench \
-        scaling_quick [--elapsed SECONDS]
+        scaling_quick [--elapsed SECONDS] [--out FILE]        # from build/bench/
+    python benchmarks/summary.py --markdown docs/benchmarks.md [--check]  # benchmarks/results/
 
 Every figure is a ratio or a fraction measured within one script's run (absolute times on a
-shared machine are not comparable across runs).
+shared machine are not comparable across runs). The docs' tables sit between
+``<!-- bench-table: KIND SOURCE... -->`` and ``<!-- /bench-table -->`` (see ``tables.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 
 
-def _load(name: str) -> dict | None:
-    path = harness.RESULTS / f"{name}.json"
+def _load(name: str, results: Path | None = None) -> dict | None:
+    path = (results or harness.RESULTS) / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -85,15 +88,52 @@ def lines(name: str, data: dict) -> list[dict]:
     return out
 
 
+def _markdown(pages: list[str], results: Path, check: bool) -> int:
+    """Regenerates (or with ``check`` compares) the tables of ``pages`` from ``results``."""
+    import tables
+
+    stale = []
+    for page in pages:
+        changed = tables.render_page(Path(page), results, check=check)
+        if changed:
+            stale.append(page)
+        print(f"{page}: {'differs from' if check else 'regenerated from'} {results}"
+              if changed else f"{page}: up to date with {results}")  # fmt: skip
+    return 1 if check and stale else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("names", nargs="+", help="result names under benchmarks/results/")
+    ap.add_argument("names", nargs="*", help="result names (NAME.json in the results directory)")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the results directory (default: build/bench/ for the suite summary, "
+        "benchmarks/results/ for --markdown)",
+    )
     ap.add_argument("--elapsed", type=float, help="wall time of the suite, seconds")
     ap.add_argument("--out", help="also write the summary (markdown, with the machine) here")
+    ap.add_argument(
+        "--markdown",
+        nargs="+",
+        metavar="PAGE",
+        help="instead: regenerate the tables between bench-table markers in these pages",
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="with --markdown: change nothing; exit 1 if a page's tables differ from the results",
+    )
     args = ap.parse_args(argv)
+    if args.markdown:
+        return _markdown(args.markdown, args.results or harness.PUBLISHED, args.check)
+    if not args.names:
+        ap.error("name at least one result file, or give --markdown")
     rows = []
     for name in args.names:
-        data = _load(name)
+        data = _load(name, args.results)
         if data is None:
             rows.append({"file": name, "what": "missing", "value": "—", "ceiling": None})
             continue
@@ -110,6 +150,7 @@ def main(argv=None) -> int:
         head = (f"Written {stamp['time_utc']} on {stamp['cpu']}, {stamp['cores']} cores, "
                 f"torch {stamp['torch']} ({stamp['torch_threads']} threads), introspect "
                 f"{stamp['introspect']}; from {', '.join(args.names)}.\n")  # fmt: skip
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(head + text + "\n", encoding="utf-8")
         print(f"\nsummary: {args.out}")
     return 0

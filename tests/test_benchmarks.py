@@ -1,7 +1,10 @@
-"""The benchmark harness and the suite summary (correctness only; no timing is asserted)."""
+"""The benchmark harness, the suite summary, the docs' generated tables and the publishing of
+results (correctness only; no timing is asserted)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +18,9 @@ if not (BENCH / "harness.py").is_file():  # pragma: no cover - an installed copy
 sys.path.insert(0, str(BENCH))
 
 import harness  # noqa: E402
+import publish  # noqa: E402
 import summary  # noqa: E402
+import tables  # noqa: E402
 
 
 def test_measure_reports_order_statistics():
@@ -60,3 +65,182 @@ def test_summary_writes_markdown(tmp_path, monkeypatch, capsys):
     )
     assert "0.30 of fp32 GEMM, 0.010 of read bw" in text
     assert "| missing_one | missing |" in text and "suite wall time: 1.5 min" in text
+
+
+# ---------------------------------------------------------------- the docs' generated tables
+
+ROOT = BENCH.parent
+DOCS = ROOT / "docs"
+MARKER = "<!-- bench-table: "
+
+
+def _pages() -> list[Path]:
+    return [p for p in sorted(DOCS.glob("*.md")) if MARKER in p.read_text(encoding="utf-8")]
+
+
+def test_committed_docs_tables_are_generated_from_the_committed_results():
+    # What `python benchmarks/summary.py --markdown PAGE` writes from benchmarks/results/ is
+    # exactly what each page holds: no table is edited by hand, none is stale.
+    pages = _pages()
+    assert {p.name for p in pages} >= {"benchmarks.md", "extraction.md", "training.md"}
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert tables.render(text, harness.PUBLISHED, page.parent) == text, page.name
+        assert summary.main(["--markdown", str(page), "--check"]) == 0
+
+
+def test_every_committed_result_is_published_in_the_docs():
+    # Each result file kept in benchmarks/results/ feeds a generated table (or the suite
+    # summary), and each figure kept there is shown.
+    text = "".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *_pages()])
+    specs = " ".join(line.split(MARKER, 1)[1] for line in text.splitlines() if MARKER in line)
+    cited = set(specs.split())
+    for path in sorted(harness.PUBLISHED.rglob("*")):
+        rel = path.relative_to(harness.PUBLISHED)
+        if path.suffix == ".json" and rel.parent == Path("."):
+            assert path.stem in cited, f"{rel} feeds no table"
+        elif path.suffix == ".png":
+            assert f"benchmarks/results/{rel.as_posix()}" in text, f"{rel} is shown nowhere"
+        elif path.is_file() and rel.parts[0] == "probe_control":
+            assert rel.parent.as_posix() in cited, f"{rel} feeds no table"
+    assert not list(harness.PUBLISHED.rglob("*.csv")), "the CSV copies of the JSON stay untracked"
+
+
+def test_readme_speed_headline_is_the_committed_one():
+    rows = json.loads((harness.PUBLISHED / "delta_probe.json").read_text())["rows"]
+    head = next(r for r in rows if (r["N"], r["D"], r["P"], r["dtype"]) == (65536, 576, 4,
+                                                                          "float32"))  # fmt: skip
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())  # lines joined
+    assert f"{head['speedup']:.2f}× faster" in text
+    assert f"at {head['fraction_of_read_bw']:.2f} of the measured memory bandwidth" in text
+    assert "benchmarks/results/delta_probe.png" in text
+
+
+def _delta_probe_rows(speedup: float) -> list[dict]:
+    return [{"N": 8, "D": 4, "P": 1, "dtype": "float32", "backend": "cpp", "reference_ms": 2.0,
+             "fused_ms": 1.0, "speedup": speedup, "fused_GBps": 3.0, "fraction_of_read_bw": 0.5,
+             "fraction_of_gemm_peak": 0.25}]  # fmt: skip
+
+
+def test_tables_rewrite_a_stale_block_and_refuse_bad_markers(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "RESULTS", tmp_path / "results")
+    harness.write_rows("dp", _delta_probe_rows(2.0), {"command": "cmd", "time_utc": "2026-01-02T"
+                       "03:04:05+00:00", "gemm_fp32_GFLOPs": 100.0})  # fmt: skip
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    page.write_text(
+        "intro\n<!-- bench-table: delta_probe dp -->\nold\n<!-- /bench-table -->\nend\n"
+    )
+    assert summary.main(["--markdown", str(page), "--results", str(tmp_path / "results"),
+                         "--check"]) == 1  # fmt: skip
+    assert "old" in page.read_text()  # --check changes nothing
+    assert tables.render_page(page, tmp_path / "results") is True
+    text = page.read_text()
+    assert "| 8 | 4 | 1 | float32 | 2.00 | 1.00 | **2.00×** | 3.0 | 0.50 | 0.25 |" in text
+    assert "[`" in text and "(../results/dp.json)" in text and "fp32 GEMM 100 GFLOP/s" in text
+    assert text.startswith("intro\n") and text.endswith("<!-- /bench-table -->\nend\n")
+    assert tables.render_page(page, tmp_path / "results") is False  # now up to date
+    with pytest.raises(ValueError, match="unknown table kind 'nope'"):
+        tables.render("<!-- bench-table: nope dp -->\n<!-- /bench-table -->\n", tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="no matching"):
+        tables.render("<!-- bench-table: delta_probe dp -->\nno end\n", tmp_path, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
+        tables.render("<!-- bench-table: delta_probe missing -->\n<!-- /bench-table -->\n",
+                      tmp_path / "results", tmp_path)  # fmt: skip
+
+
+def test_table_cells_escape_pipes():
+    out = tables.md_table(["a |x|", "b"], [["max|d| 1", "\\|ok\\|"]], "-r")
+    assert out.splitlines() == ["| a \\|x\\| | b |", "|---|---:|", "| max\\|d\\| 1 | \\|ok\\| |"]
+
+
+def test_benchmarks_write_under_build_by_default(monkeypatch):
+    assert harness.RESULTS == ROOT / "build" / "bench"
+    assert harness.PUBLISHED == BENCH / "results"
+    monkeypatch.setattr(harness, "RESULTS", harness.RESULTS)
+    assert harness.use_out_dir(None) == ROOT / "build" / "bench"
+    assert harness.use_out_dir(Path("/tmp/elsewhere")) == Path("/tmp/elsewhere")
+    assert harness.RESULTS == Path("/tmp/elsewhere")
+    for script in sorted(BENCH.glob("bench_*.py")):
+        text = script.read_text(encoding="utf-8")
+        assert "harness.add_out_dir(" in text and "harness.use_out_dir(" in text, script.name
+        assert "benchmarks/results" not in text, script.name
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_publish_copies_the_curated_benchmark_results(tmp_path):
+    from introspect.evaluation import read_jsonl
+
+    bench, dest = tmp_path / "bench", tmp_path / "published"
+    bench.mkdir()
+    for name in ("delta_probe.json", "delta_probe.csv", "delta_probe.png", "delta_probe_2.png",
+                 "bench_summary.md", "unknown.json"):  # fmt: skip
+        (bench / name).write_text(name)
+    preds = [{"checkpoint": 0, "explainer": "probe", "id": str(i), "pred": i, "current": i,
+              "label": -i} for i in range(5)]  # fmt: skip
+    _write_jsonl(bench / "probe_control" / "real" / "predictions.jsonl", preds)
+    for name in ("metrics.jsonl", "behaviour.jsonl", "eval.json", "self_vs_orig.png"):
+        (bench / "probe_control" / "real" / name).write_text("{}\n")
+    assert publish.publish_bench(bench, dest, dry_run=True) and not dest.exists()
+    publish.publish_bench(bench, dest)
+    got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert got == ["bench_summary.md", "delta_probe.json", "delta_probe.png",
+                   "probe_control/real/behaviour.jsonl", "probe_control/real/eval.json",
+                   "probe_control/real/metrics.jsonl",
+                   "probe_control/real/predictions.jsonl.gz"]  # fmt: skip
+    assert read_jsonl(dest / "probe_control" / "real" / "predictions.jsonl.gz") == preds
+    # Compressing twice gives the same bytes (nothing of the time or name in the header).
+    first = (dest / "probe_control" / "real" / "predictions.jsonl.gz").read_bytes()
+    publish.publish_bench(bench, dest)
+    assert (dest / "probe_control" / "real" / "predictions.jsonl.gz").read_bytes() == first
+
+
+def test_publish_replaces_a_coupling_run_with_its_curated_files(tmp_path):
+    run, dest = tmp_path / "run", tmp_path / "docs" / "coupling-full"
+    completed = ["syc/pairs", "syc/train-concurrent", "syc/eval-concurrent", "report"]
+    state = {"complete": True, "completed": completed, "stages": {}}
+    _write_jsonl(run / "state.json", [state])
+    tr, ev = "syc/train-concurrent", "syc/eval-concurrent"
+    for name in ("results.json", "report.md", "figures/summary.png", f"{tr}/train.json",
+                 f"{tr}/verbal.json", f"{tr}/ckpt-000001/model.bin", f"{ev}/eval.json",
+                 f"{ev}/metrics.jsonl", f"{ev}/behaviour.jsonl", f"{ev}/self_vs_orig.png",
+                 "syc/labels-m0/manifest.json"):  # fmt: skip
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(name)
+    _write_jsonl(run / "syc" / "eval-concurrent" / "predictions.jsonl", [{"a": 1}])
+    figures = f"# R\n\n![s](figures/summary.png)\n\n![c]({ev}/self_vs_orig.png)\n\n## T\n"
+    (run / "report.md").write_text(figures)
+    (dest / "stale").mkdir(parents=True)
+    (dest / "stale" / "old.png").write_text("old")
+    publish.publish_coupling(run, dest)
+    got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    kept = ["behaviour.jsonl", "eval.json", "metrics.jsonl", "predictions.jsonl.gz"]
+    assert got == [
+        "figures/summary.png",
+        "report.md",
+        "results.json",
+        "state.json",
+        *(f"{ev}/{n}" for n in kept),
+        f"{tr}/train.json",
+        f"{tr}/verbal.json",
+    ]
+    # The report keeps its links to the published figures only.
+    assert (dest / "report.md").read_text() == "# R\n\n![s](figures/summary.png)\n\n## T\n"
+    _write_jsonl(run / "state.json", [{**state, "complete": False}])
+    with pytest.raises(SystemExit, match="has not finished"):
+        publish.publish_coupling(run, dest)
+
+
+def test_tracked_result_files_stay_small():
+    # Results are summaries: at most 2 MB tracked under benchmarks/results and docs/results.
+    if not (ROOT / ".git").exists():  # pragma: no cover - a copy without git
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "benchmarks/results",
+                          "docs/results"], capture_output=True, check=True).stdout  # fmt: skip
+    files = [ROOT / f for f in out.decode().split("\0") if f and "coupling-map/" not in f]
+    assert files, "no tracked results"
+    assert sum(f.stat().st_size for f in files if f.exists()) <= 2_000_000

@@ -497,10 +497,17 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]], *, appe
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The objects of a JSONL file; a malformed line is an error naming it."""
+    """The objects of a JSONL file; a malformed line is an error naming it. A file whose name
+    ends in ``.gz`` is read through gzip, and ``NAME.jsonl`` is read from ``NAME.jsonl.gz`` when
+    only the compressed file exists (committed results keep their predictions compressed)."""
+    import gzip
+
     path = Path(path)
+    if path.suffix != ".gz" and path.name and not path.exists():
+        packed = path.with_name(path.name + ".gz")
+        path = packed if packed.is_file() else path
     out = []
-    with open(path, encoding="utf-8") as f:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
