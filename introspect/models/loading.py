@@ -322,6 +322,10 @@ def load_model(
 
     Raises :class:`ModelNotAvailableError` for an alias whose package is missing and
     :class:`ModelLoadError` for anything else that cannot be loaded.
+
+    >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
+    >>> lm.n_layers, lm.hidden_size, lm.weights_hash[:12]  # doctest: +SKIP
+    >>> mine = load_model(model, tokenizer=tok)  # an object you hold: wrapped, not copied
     """
     if isinstance(model, LoadedModel):
         return model if tokenizer is None else dataclasses.replace(model, tokenizer=tokenizer)
