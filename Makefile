@@ -46,7 +46,7 @@ demo: install
 	$(VENV)/bin/introspect info
 	$(VENV)/bin/introspect models list
 	rm -rf build/demo/coupling
-	$(VENV)/bin/introspect experiment coupling --model smollm2-135m --task sycophancy \
+	$(VENV)/bin/introspect experiment coupling --model smollm2-135m --tasks sycophancy \
 		--preset quick --seed 0 --out build/demo/coupling
 	@echo "report: build/demo/coupling/report.md"
 

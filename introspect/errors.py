@@ -32,3 +32,7 @@ class UsageError(IntrospectError, ValueError):
     """Options or settings that do not fit together."""
 
     exit_code = EXIT_USAGE
+
+
+class BadInputError(IntrospectError, ValueError):
+    """Input data that cannot be used (a file that cannot be read as what it should be)."""

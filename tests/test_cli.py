@@ -9,7 +9,7 @@ from introspect.cli import main
 
 
 def test_info_json(capsys):
-    assert main(["info", "--json"]) == 0
+    assert main(["info", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["backends"]["reference"] == "available"
     assert set(report["backends"]) == {"reference", "cpp", "cuda", "triton"}

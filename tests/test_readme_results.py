@@ -111,7 +111,16 @@ def test_committed_metrics_are_those_of_the_committed_predictions():
         got = recompute_metrics(
             edir / "predictions.jsonl.gz", n_boot=cfg["n_boot"], seed=cfg["seed"]
         )
-        assert got == want, edir.name
+        # Equal up to float rounding: the bootstrap's sums may round differently across numpy
+        # builds (1e-13 seen), far below the three decimals any table shows.
+        assert len(got) == len(want), edir.name
+        for g, w in zip(got, want, strict=True):
+            assert g.keys() == w.keys(), edir.name
+            for key, value in w.items():
+                if isinstance(value, float):
+                    assert g[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (edir.name, g)
+                else:
+                    assert g[key] == value, (edir.name, g)
 
 
 def test_probe_control_metrics_are_those_of_its_predictions():

@@ -1,5 +1,7 @@
-"""Counterfactual pairs: the record, validation, pair files, task generators and importers."""
+"""Counterfactual pairs: the record, validation, pair files, pairs built in code, task generators
+and importers."""
 
+from introspect.data.coerce import coerce_pairs, iter_coerced
 from introspect.data.io import (
     ON_ERROR,
     PairFileError,
@@ -20,6 +22,8 @@ __all__ = [
     "ReadReport",
     "Skipped",
     "ablate_each",
+    "coerce_pairs",
+    "iter_coerced",
     "iter_pairs",
     "prompt_text",
     "read_pairs",

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from introspect.data.pairs import Pair, PairError, dumps
 
@@ -32,6 +33,13 @@ class Skipped:
     pair_id: str | None
     reason: str
     raw: str = ""
+    #: How errors name the row; ``None``: ``"source:line"``.
+    where: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the row is, as errors name it (``"pairs.jsonl:3"``, ``"item 3"``)."""
+        return self.where if self.where is not None else f"{self.source}:{self.line}"
 
     def to_json(self) -> dict:
         return {"source": self.source, "line": self.line, "id": self.pair_id,
@@ -39,7 +47,7 @@ class Skipped:
 
     def describe(self) -> str:
         who = f", id {self.pair_id!r}" if self.pair_id else ""
-        return f"{self.source}:{self.line}{who}: {self.reason}"
+        return f"{self.location}{who}: {self.reason}"
 
 
 @dataclass
@@ -52,8 +60,33 @@ class ReadReport:
     def handle(self, skipped: Skipped, on_error: str) -> None:
         if on_error == "fail":
             raise PairFileError(skipped.reason, pair_id=skipped.pair_id,
-                                where=f"{skipped.source}:{skipped.line}")  # fmt: skip
+                                where=skipped.location)  # fmt: skip
         self.skipped.append(skipped)
+
+
+def check_on_error(on_error: str) -> None:
+    """Raises ValueError unless ``on_error`` is one of :data:`ON_ERROR`."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def admit(obj: Any, seen: set[str], *, unit: str) -> Pair:
+    """One decoded pair object (or :class:`Pair`) checked as a pair-file line is checked.
+
+    Validates it and rejects an id already in ``seen``, which gains the id of a good pair.
+    Raises :class:`PairError` without a location (the caller knows where ``obj`` came from);
+    ``unit`` names what holds a pair (``"line"``, ``"item"``) in the duplicate-id message. A
+    :class:`Pair` is validated through its JSON form and returned as it is.
+    """
+    if isinstance(obj, Pair):
+        Pair.from_json(obj.to_json())
+        pair = obj
+    else:
+        pair = Pair.from_json(obj)
+    if pair.id in seen:
+        raise PairError(f"duplicate id (an earlier {unit} has it)", pair_id=pair.id)
+    seen.add(pair.id)
+    return pair
 
 
 def iter_pairs(
@@ -64,8 +97,7 @@ def iter_pairs(
     Memory stays flat in the file size apart from the set of ids seen (for duplicate checks).
     Bad lines raise (``fail``) or are recorded in ``report.skipped`` (``skip``).
     """
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    check_on_error(on_error)
     report = report if report is not None else ReadReport()
     path = Path(path)
     source = str(path)
@@ -90,20 +122,19 @@ def iter_pairs(
                 report.handle(Skipped(source, lineno, None, reason, stripped), on_error)
                 continue
             try:
-                pair = Pair.from_json(obj)
+                pair = admit(obj, seen, unit="line")
             except PairError as exc:
                 report.handle(Skipped(source, lineno, exc.pair_id, exc.reason, stripped), on_error)
                 continue
-            if pair.id in seen:
-                reason = "duplicate id (an earlier line has it)"
-                report.handle(Skipped(source, lineno, pair.id, reason, stripped), on_error)
-                continue
-            seen.add(pair.id)
             yield pair
 
 
 def read_pairs(path: str | os.PathLike, *, on_error: str = "fail") -> tuple[list[Pair], ReadReport]:
-    """All valid pairs of a pair file, and the report of what was skipped."""
+    """All valid pairs of a pair file, and the report of what was skipped.
+
+    >>> pairs, report = read_pairs("pairs.jsonl", on_error="skip")  # doctest: +SKIP
+    >>> [s.describe() for s in report.skipped]  # doctest: +SKIP
+    """
     report = ReadReport()
     pairs = list(iter_pairs(path, on_error=on_error, report=report))
     return pairs, report
@@ -132,6 +163,10 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[Pair]) -> int:
     """Writes pairs as JSONL atomically (a reader never sees a half-written file).
 
     Raises PairError on a repeated id; returns the number of pairs written.
+
+    >>> from introspect.data.tasks import generate
+    >>> write_pairs("syc.jsonl", generate("sycophancy", 100, seed=0))  # doctest: +SKIP
+    100
     """
     seen: set[str] = set()
 

@@ -235,7 +235,8 @@ def _parse(obj: Any, where: str | None) -> Pair:
     unknown = set(obj) - _FIELDS
     if unknown:
         fail(
-            f"unknown field(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_FIELDS))})"
+            f"unknown field(s) {', '.join(sorted(map(str, unknown)))} "
+            f"(allowed: {', '.join(sorted(_FIELDS))})"
         )
     for name in ("id", "prompt", "choices", "target"):
         if name not in obj:

@@ -66,12 +66,17 @@ class ExtractConfig:
 
     def to_json(self) -> dict:
         return {
-            "layers": list(self.layers), "behaviour": self.behaviour,
-            "positions": list(self.positions), "row_tokens": self.row_tokens,
-            "batch_tokens": self.batch_tokens, "layout": self.layout,
-            "share_rows": self.share_rows, "prefix_cache": self.prefix_cache, "head": self.head,
+            "layers": list(self.layers),
+            "behaviour": self.behaviour,
+            "positions": list(self.positions),
+            "row_tokens": self.row_tokens,
+            "batch_tokens": self.batch_tokens,
+            "layout": self.layout,
+            "share_rows": self.share_rows,
+            "prefix_cache": self.prefix_cache,
+            "head": self.head,
             "attention": self.attention,
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -112,6 +117,161 @@ def shared_prefix(
     return common if len(common) >= min_tokens else []
 
 
+class _Batcher:
+    """Turns the pair stream into packed batches: consecutive pairs with the same x and choices
+    form one group (one trie), groups fill a batch up to ``config.batch_tokens`` positions, and
+    neither crosses a multiple of ``boundary_every`` in the stream index. :meth:`run` yields
+    each batch's :class:`BatchResult` in input order."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config: ExtractConfig,
+        *,
+        progress,
+        boundary_every: int,
+        first_index: int,
+        cache: PrefixCache | None,
+        autocast,
+    ) -> None:
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.progress, self.boundary_every, self.first_index = progress, boundary_every, first_index
+        self.cache, self.autocast = cache, autocast
+        self.sliding = uses_sliding_window(model)
+        text_config = getattr(model.config, "get_text_config", lambda: model.config)()
+        self.window = getattr(text_config, "sliding_window", None)
+        self.need_logits = config.behaviour != "none"
+        self.want_span = "span" in config.positions
+        self.batch: list[tuple[list[Pair], object]] = []
+        self.batch_size = 0
+        self.group: list[Pair] = []
+        self.group_prompts: list = []
+        self.group_choices = None
+
+    def _layout(self, items) -> str:
+        """The configured layout, or ``paths`` where a sliding window would cut a tree row."""
+        layout = self.config.layout
+        if self.sliding and layout == "tree" and self.window:
+            if max(max(i.trie.depth) + 1 for i in items) > self.window:
+                layout = "paths"
+        return layout
+
+    def _values(self, buf, res) -> tuple[list[str], list[float], list[float], list, list]:
+        """Ids, f(x), f(x') and the hidden-state rows of x and x' of every pair of ``buf``."""
+        ids, f_x, f_mod, rows_x, rows_mod = [], [], [], [], []
+        offset = 0
+        for k, (members, item) in enumerate(buf):
+            for j, pair in enumerate(members, start=1):
+                ids.append(pair.id)
+                if self.need_logits:
+                    t = pair.choices.index(pair.target)
+                    logps = res.logps[k]
+                    f_x.append(behaviour_value(logps[0], t, self.config.behaviour))
+                    f_mod.append(behaviour_value(logps[j], t, self.config.behaviour))
+                rows_x.append(offset)
+                rows_mod.append(offset + j)
+            offset += len(item.ends)
+        if not self.need_logits:
+            f_x = f_mod = [math.nan] * len(ids)
+        return ids, f_x, f_mod, rows_x, rows_mod
+
+    def _hidden(self, res, rows_x, rows_mod) -> dict[tuple[int, str, str], np.ndarray]:
+        hidden = {}
+        for layer, h in res.hidden.items():
+            if "last" in self.config.positions:
+                hidden[(layer, "last", "x")] = h[rows_x].numpy()
+                hidden[(layer, "last", "mod")] = h[rows_mod].numpy()
+            if self.want_span:
+                sx, sm = res.span[layer]
+                hidden[(layer, "span", "x")] = sx.numpy()
+                hidden[(layer, "span", "mod")] = sm.numpy()
+        return hidden
+
+    def flush(self) -> BatchResult:
+        """Runs the batch so far as one packed forward; returns its results and empties it."""
+        buf, config, cache = self.batch, self.config, self.cache
+        self.batch, self.batch_size = [], 0
+        items = [item for _, item in buf]
+        layout = self._layout(items)
+        packed = pack(
+            items,
+            row_tokens=config.row_tokens,
+            layout=layout,
+            prefix=cache.tokens if cache is not None else (),
+            share_rows=config.share_rows,
+        )
+        res = forward_packed(
+            self.model,
+            packed,
+            config.layers,
+            prefix=cache if packed.prefix_len else None,
+            head=config.head,
+            need_logits=self.need_logits,
+            span=self.want_span,
+            autocast=self.autocast,
+            attention=resolve_attention(self.model, config.attention, layout),
+        )
+        ids, f_x, f_mod, rows_x, rows_mod = self._values(buf, res)
+        skips = packed.skips or [0] * len(items)
+        out = BatchResult(
+            ids,
+            np.array(f_x, dtype=np.float64),
+            np.array(f_mod, dtype=np.float64),
+            self._hidden(res, rows_x, rows_mod),
+            sum(i.unique_tokens - s for i, s in zip(items, skips, strict=True)),
+            sum(i.naive_tokens for i in items),
+        )
+        if self.progress is not None:
+            self.progress(len(ids), out.tokens_unique)
+        return out
+
+    def close_group(self) -> BatchResult | None:
+        """Adds the group so far to the batch (first running the batch if the group would not
+        fit); returns the results of a batch that ran, if one did."""
+        if not self.group:
+            return None
+        prompts, choices = self.group_prompts, self.group_choices
+        item = build_item(0, prompts, choices)
+        # What separate forwards would compute: x and x' for every pair of the group.
+        extra = max(len(c) for c in choices) - 1
+        item.naive_tokens = sum(len(prompts[0]) + len(p) + 2 * extra for p in prompts[1:])
+        done = None
+        if self.batch and self.batch_size + len(item.trie) > self.config.batch_tokens:
+            done = self.flush()
+        self.batch.append((self.group, item))
+        self.batch_size += len(item.trie)
+        self.group, self.group_prompts, self.group_choices = [], [], None
+        return done
+
+    def run(self, pairs: Iterable[Pair]) -> Iterator[BatchResult]:
+        for k, pair in enumerate(pairs, start=self.first_index):
+            at_boundary = self.boundary_every > 0 and k % self.boundary_every == 0
+            ex = encode(self.tokenizer, pair.x, pair.choices)
+            same_group = (
+                self.group
+                and not at_boundary
+                and ex.prompt_ids == self.group_prompts[0]
+                and ex.choice_ids == self.group_choices
+            )
+            if not same_group:
+                done = self.close_group()
+                if done is not None:
+                    yield done
+                if at_boundary and self.batch:
+                    yield self.flush()
+                self.group_prompts = [ex.prompt_ids]
+                self.group_choices = ex.choice_ids
+            em = encode(self.tokenizer, pair.x_mod, pair.choices)
+            self.group.append(pair)
+            self.group_prompts.append(em.prompt_ids)
+        done = self.close_group()
+        if done is not None:
+            yield done
+        if self.batch:
+            yield self.flush()
+
+
 def extract_pairs(
     model,
     tokenizer,
@@ -144,123 +304,25 @@ def extract_pairs(
     ``progress(pairs, tokens)`` is called after each batch.
     """
     pairs = iter(pairs)
-    sliding = uses_sliding_window(model)
-    window = getattr(getattr(model.config, "get_text_config", lambda: model.config)(),
-                     "sliding_window", None)  # fmt: skip
     cache = None
-    if config.prefix_cache and not sliding:
+    if config.prefix_cache and not uses_sliding_window(model):
         if prefix is None:
             head = list(itertools.islice(pairs, PREFIX_WINDOW))
             prefix = shared_prefix(tokenizer, head)
             pairs = itertools.chain(head, pairs)
         if prefix:
             cache = PrefixCache(model, prefix)
-    need_logits = config.behaviour != "none"
-    want_span = "span" in config.positions
-
-    batch: list[tuple[list[Pair], object]] = []
-    batch_size = 0
-    group: list[Pair] = []
-    group_prompts: list = []
-    group_choices = None
-
-    def flush(buf) -> BatchResult:
-        items = [item for _, item in buf]
-        layout = config.layout
-        if sliding and layout == "tree" and window:
-            if max(max(i.trie.depth) + 1 for i in items) > window:
-                layout = "paths"
-        packed = pack(
-            items,
-            row_tokens=config.row_tokens,
-            layout=layout,
-            prefix=cache.tokens if cache is not None else (),
-            share_rows=config.share_rows,
-        )
-        res = forward_packed(
-            model, packed, config.layers, prefix=cache if packed.prefix_len else None,
-            head=config.head, need_logits=need_logits, span=want_span, autocast=autocast,
-            attention=resolve_attention(model, config.attention, layout),
-        )  # fmt: skip
-        ids, f_x, f_mod, rows_x, rows_mod = [], [], [], [], []
-        offset = 0
-        for k, (members, item) in enumerate(buf):
-            for j, pair in enumerate(members, start=1):
-                ids.append(pair.id)
-                if need_logits:
-                    t = pair.choices.index(pair.target)
-                    logps = res.logps[k]
-                    f_x.append(behaviour_value(logps[0], t, config.behaviour))
-                    f_mod.append(behaviour_value(logps[j], t, config.behaviour))
-                rows_x.append(offset)
-                rows_mod.append(offset + j)
-            offset += len(item.ends)
-        if not need_logits:
-            f_x = f_mod = [math.nan] * len(ids)
-        hidden = {}
-        for layer, h in res.hidden.items():
-            if "last" in config.positions:
-                hidden[(layer, "last", "x")] = h[rows_x].numpy()
-                hidden[(layer, "last", "mod")] = h[rows_mod].numpy()
-            if want_span:
-                sx, sm = res.span[layer]
-                hidden[(layer, "span", "x")] = sx.numpy()
-                hidden[(layer, "span", "mod")] = sm.numpy()
-        skips = packed.skips or [0] * len(items)
-        out = BatchResult(
-            ids, np.array(f_x, dtype=np.float64), np.array(f_mod, dtype=np.float64), hidden,
-            sum(i.unique_tokens - s for i, s in zip(items, skips, strict=True)),
-            sum(i.naive_tokens for i in items),
-        )  # fmt: skip
-        if progress is not None:
-            progress(len(ids), out.tokens_unique)
-        return out
-
-    def close_group():
-        nonlocal group, group_prompts, group_choices, batch, batch_size
-        if not group:
-            return None
-        item = build_item(0, group_prompts, group_choices)
-        # What separate forwards would compute: x and x' for every pair of the group.
-        extra = max(len(c) for c in group_choices) - 1
-        item.naive_tokens = sum(
-            len(group_prompts[0]) + len(p) + 2 * extra for p in group_prompts[1:]
-        )
-        done = None
-        if batch and batch_size + len(item.trie) > config.batch_tokens:
-            done = flush(batch)
-            batch, batch_size = [], 0
-        batch.append((group, item))
-        batch_size += len(item.trie)
-        group, group_prompts, group_choices = [], [], None
-        return done
-
-    for k, pair in enumerate(pairs, start=first_index):
-        at_boundary = boundary_every > 0 and k % boundary_every == 0
-        ex = encode(tokenizer, pair.x, pair.choices)
-        same_group = (
-            group
-            and not at_boundary
-            and ex.prompt_ids == group_prompts[0]
-            and ex.choice_ids == group_choices
-        )
-        if not same_group:
-            done = close_group()
-            if done is not None:
-                yield done
-            if at_boundary and batch:
-                yield flush(batch)
-                batch, batch_size = [], 0
-            group_prompts = [ex.prompt_ids]
-            group_choices = ex.choice_ids
-        em = encode(tokenizer, pair.x_mod, pair.choices)
-        group.append(pair)
-        group_prompts.append(em.prompt_ids)
-    done = close_group()
-    if done is not None:
-        yield done
-    if batch:
-        yield flush(batch)
+    batcher = _Batcher(
+        model,
+        tokenizer,
+        config,
+        progress=progress,
+        boundary_every=boundary_every,
+        first_index=first_index,
+        cache=cache,
+        autocast=autocast,
+    )
+    yield from batcher.run(pairs)
 
 
 def check_tree_layout(model, tokenizer, pair: Pair, *, atol: float = 1e-4) -> str | None:

@@ -2,9 +2,9 @@
 
 For each checkpoint of a training directory (and for the starting model, as step 0), the
 *current* model's f(x), f(x'), Δ and hidden states are re-extracted on held-out pairs with the
-extraction engine; each explainer predicts Δ from those hidden states, and
-:func:`introspect.evaluation.recompute_metrics` scores the predictions against the current Δ (Self)
-and against the fixed labels (Orig). Explainers:
+extraction driver (:func:`introspect.extract`); each explainer predicts Δ from those hidden
+states, and :func:`introspect.evaluation.recompute_metrics` scores the predictions against the
+current Δ (Self) and against the fixed labels (Orig). Explainers:
 
 - ``probe``: the probe trained alongside the model, as saved in the checkpoint;
 - ``probe-diff``: the difference probe (on h(x') − h(x)) trained alongside it, where the
@@ -24,16 +24,17 @@ metric, recomputable from the predictions), ``behaviour.jsonl`` (the behaviour s
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from introspect._progress import say_stderr
 from introspect.errors import IntrospectError
 from introspect.evaluation.metrics import (
     DEFAULT_N_BOOT,
@@ -46,37 +47,321 @@ from introspect.evaluation.metrics import (
 
 __all__ = ["EvalError", "evaluate_training"]
 
-logger = logging.getLogger(__name__)
-
 
 class EvalError(IntrospectError, ValueError):
     """Evaluation inputs that do not fit together."""
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+@dataclass
+class Measured:
+    """What one model gives on the held-out pairs (pair order)."""
+
+    f_x: np.ndarray
+    f_mod: np.ndarray
+    h: np.ndarray
+    h_mod: np.ndarray
+    objective_logprob: float | None = None
+    verbal: list[str] | None = None
+
+    @property
+    def delta(self) -> np.ndarray:
+        return self.f_mod - self.f_x
 
 
-def _extract(lm, pairs, layer: int, batch_tokens: int):
-    """f(x), f(x') and the layer's hidden states of x and of x' on ``pairs`` (pair order)."""
-    from dataclasses import replace
+def extract_arrays(
+    lm, pairs, layer: int, batch_tokens: int, say: Callable[[str], None], chat_template="model"
+):
+    """f(x), f(x') and the layer's hidden states of x and of x' on ``pairs``, in pair order,
+    through the extraction driver (into a temporary run directory)."""
+    from introspect.engine.driver import extract
 
-    from introspect.engine import ExtractConfig, extract_pairs
-    from introspect.engine.stream import check_tree_layout
+    with tempfile.TemporaryDirectory(prefix="introspect-eval-") as tmp:
+        run = extract(
+            lm,
+            None,
+            pairs,
+            Path(tmp) / "run",
+            layers=[layer],
+            batch_tokens=batch_tokens,
+            chat_template=chat_template,
+            say=say,
+        )
+        if run.ids != [p.id for p in pairs]:
+            raise RuntimeError("the extraction returned the pairs in another order")
+        return (
+            np.array(run.f_x),
+            np.array(run.f_mod),
+            np.array(run.hidden(layer, "x")),
+            np.array(run.hidden(layer, "mod")),
+        )
 
-    config = ExtractConfig(layers=(layer,), batch_tokens=batch_tokens)
-    if check_tree_layout(lm.model, lm.tokenizer, pairs[0]) is not None:
-        config = replace(config, layout="paths")
-    f_x, f_mod, hs, hms, ids = [], [], [], [], []
-    for res in extract_pairs(lm.model, lm.tokenizer, pairs, config):
-        ids.extend(res.ids)
-        f_x.append(res.f_x)
-        f_mod.append(res.f_mod)
-        hs.append(res.hidden[(layer, "last", "x")])
-        hms.append(res.hidden[(layer, "last", "mod")])
-    if ids != [p.id for p in pairs]:
-        raise RuntimeError("the extraction returned the pairs in another order")
-    return np.concatenate(f_x), np.concatenate(f_mod), np.concatenate(hs), np.concatenate(hms)
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+class _Evaluation:
+    """One evaluation (see :func:`evaluate_training`), step by step."""
+
+    def __init__(
+        self,
+        train_dir,
+        pairs_path,
+        labels_run,
+        out,
+        *,
+        model,
+        tokenizer,
+        n_boot,
+        seed,
+        include_start,
+        batch_tokens,
+        plots,
+        device,
+        say,
+    ) -> None:
+        from introspect.models import resolve_device
+        from introspect.training import checkpoint as ck
+
+        self.t_start = time.perf_counter()
+        self.device = resolve_device(device)
+        self.train_dir, self.out = Path(train_dir), Path(out)
+        self.pairs_path, self.labels_run = pairs_path, labels_run
+        self.n_boot, self.seed, self.plots, self.say = n_boot, seed, plots, say
+        self.include_start, self.batch_tokens = include_start, batch_tokens
+        if not (self.train_dir / ck.TRAIN_JSON).is_file():
+            raise EvalError(f"{train_dir}: no {ck.TRAIN_JSON} here (not a training directory)")
+        self.doc = ck.read_json(self.train_dir / ck.TRAIN_JSON)
+        self.layer = int(self.doc["layer"])
+        # How the run rendered chat prompts (a checkpoint's saved tokenizer already carries it).
+        self.chat_template = self.doc.get("chat_template", "model")
+        self.checkpoints = ck.list_checkpoints(self.train_dir)
+        if not self.checkpoints:
+            raise EvalError(f"{train_dir}: no checkpoints to evaluate")
+        self.base = self._base_model(model, tokenizer)
+        self._read_inputs()
+
+    def _base_model(self, model, tokenizer):
+        """The starting model: the caller's object (checked against the weights the run
+        recorded) or the name the run recorded."""
+        spec = self.doc["model"]["spec"]
+        if model is None:
+            return spec
+        from introspect.models import load_model
+
+        lm = load_model(model, tokenizer=tokenizer)
+        recorded = self.doc["model"].get("weights_hash")
+        if recorded and lm.weights_hash != recorded:
+            raise EvalError(
+                f"{self.train_dir}: the model given is not the one it was trained "
+                f"from (weights hash {lm.weights_hash[:12]}, recorded "
+                f"{recorded[:12]})"
+            )
+        return lm
+
+    def _read_inputs(self) -> None:
+        from introspect.data import read_pairs
+        from introspect.labels import labels_from_run, load_labels
+
+        if not os.path.exists(self.pairs_path):
+            raise EvalError(f"pair file {self.pairs_path} does not exist")
+        self.pairs, _ = read_pairs(self.pairs_path)
+        if not self.pairs:
+            raise EvalError(f"{self.pairs_path}: no pairs")
+        self.ids = [p.id for p in self.pairs]
+        if not os.path.isdir(self.labels_run):
+            raise EvalError(
+                f"labels run {self.labels_run} is not a directory (give an extract run)"
+            )
+        self.y = labels_from_run(self.labels_run, ids=self.ids).align(self.ids)
+        if not np.isfinite(self.y).all():
+            raise EvalError(f"{self.labels_run}: some held-out labels are not finite")
+        if (self.train_dir / "labels.json").is_file():
+            seen = set(load_labels(self.train_dir / "labels.json").ids)
+            overlap = sum(i in seen for i in self.ids)
+            if overlap:
+                self.say(
+                    f"warning: {overlap} of the {len(self.ids)} held-out pairs were training pairs"
+                )
+
+    def _verbal_setup(self) -> None:
+        """The verbal explainer's settings and M0's answers on x (what the follow-up shows,
+        as in training)."""
+        from introspect.training import checkpoint as ck
+
+        self.verbal_doc = None
+        if not self.doc.get("verbal"):
+            return
+        import torch
+
+        from introspect.models import load_model
+        from introspect.training.loop import verbal_explainer
+
+        self.verbal_doc = ck.read_json(self.train_dir / self.doc["verbal"])
+        self.threshold = float(self.verbal_doc["threshold"])
+        self.y_bins = bin_delta(self.y, self.threshold)
+        lm = load_model(self.base, dtype="float32", device=self.device)
+        with torch.no_grad():
+            ex = verbal_explainer(lm.model, self._tokenizer(lm), self.verbal_doc)
+            self.verbal_answers = ex.answers(self.pairs)
+
+    def _tokenizer(self, lm):
+        """``lm``'s tokenizer rendering chat prompts as the training run did (not changed)."""
+        from introspect.models import with_chat_template
+
+        return with_chat_template(lm.tokenizer, self.chat_template)[0]
+
+    def plan(self) -> list[tuple[int, Any, list[tuple[str, Any]]]]:
+        """``(step, model, explainers)`` of every evaluation point, step 0 first."""
+        from introspect import explain
+
+        ridge = explain.load(self.train_dir / "ridge-m0")
+        plan: list[tuple[int, Any, list[tuple[str, Any]]]] = []
+        if self.include_start:
+            plan.append((0, self.base, [("ridge-m0", ridge)]))
+        for step, path in self.checkpoints:
+            model = str(path / "model") if self.doc["model_trains"] else self.base
+            trained = [("probe", explain.load(path / "probe"))]
+            if (path / "probe-diff").is_dir():
+                trained.append(("probe-diff", explain.load(path / "probe-diff")))
+            plan.append((step, model, [*trained, ("ridge-m0", ridge)]))
+        return plan
+
+    def measure(self, model, with_verbal: bool) -> Measured:
+        """Re-extracts ``model`` on the held-out pairs; its objective log-probability and, with
+        ``with_verbal``, its verbal answers."""
+        from introspect.models import load_model
+
+        lm = load_model(model, dtype="float32", device=self.device)
+        got = Measured(
+            *extract_arrays(
+                lm,
+                self.pairs,
+                self.layer,
+                self.batch_tokens,
+                self.say,
+                chat_template=self.chat_template,
+            )
+        )
+        objective = self.doc.get("behaviour_objective", "none")
+        if objective != "none":
+            from introspect.training.objectives import TrainError, objective_logprob
+
+            try:
+                got.objective_logprob = objective_logprob(
+                    lm.model, self._tokenizer(lm), self.pairs, objective
+                )
+            except TrainError as exc:
+                self.say(f"note: no objective log-probability on the held-out pairs ({exc})")
+        if with_verbal:
+            from introspect.training.loop import verbal_explainer
+
+            ex = verbal_explainer(lm.model, self._tokenizer(lm), self.verbal_doc)
+            got.verbal = ex.predict(self.pairs, answers=self.verbal_answers)
+        return got
+
+    def score(self, step: int, got: Measured, explainers, verbal: bool) -> list[dict]:
+        """Prediction records of every explainer at ``step``."""
+        from introspect.explain import ArraySource
+
+        records = []
+        for name, expl in explainers:
+            diff = getattr(getattr(expl, "config", None), "mode", "direct") == "difference"
+            pred = expl.predict(ArraySource(got.h, got.h_mod if diff else None, ids=self.ids))
+            records.extend(
+                prediction_records(
+                    self.ids, pred, got.delta, self.y, checkpoint=step, explainer=name
+                )
+            )
+        if verbal and got.verbal is not None:
+            records.extend(
+                prediction_records(
+                    self.ids,
+                    got.verbal,
+                    bin_delta(got.delta, self.threshold),
+                    self.y_bins,
+                    checkpoint=step,
+                    explainer="verbal",
+                )
+            )
+        return records
+
+    def behaviour_row(self, step: int, model, got: Measured) -> dict[str, Any]:
+        delta = got.delta
+        return {
+            "checkpoint": step,
+            "model": model if isinstance(model, str) else model.model_id,
+            "n": len(self.ids),
+            "mean_f_x": float(got.f_x.mean()),
+            "mean_f_mod": float(got.f_mod.mean()),
+            "mean_delta": float(delta.mean()),
+            "sd_delta": float(delta.std()),
+            "frac_target_x": float((got.f_x > 0).mean()),
+            "objective": self.doc.get("behaviour_objective", "none"),
+            "objective_logprob": got.objective_logprob,
+            "delta_vs_labels": _finite(pearson_r(delta, self.y)),
+        }
+
+    def run(self) -> dict[str, Any]:
+        self._verbal_setup()
+        plan = self.plan()
+        verbal_steps = {s for s, _ in self.checkpoints} if self.verbal_doc is not None else set()
+        records, behaviour, timings = [], [], []
+        cached: tuple[Any, Measured] | None = None
+        for step, model, explainers in plan:
+            t0 = time.perf_counter()
+            if cached is None or (cached[0] is not model and cached[0] != model):
+                cached = (model, self.measure(model, step in verbal_steps))
+            got = cached[1]
+            records.extend(self.score(step, got, explainers, step in verbal_steps))
+            behaviour.append(self.behaviour_row(step, model, got))
+            dt = time.perf_counter() - t0
+            timings.append({"checkpoint": step, "seconds": dt})
+            self.say(
+                f"checkpoint {step}: mean Δ {got.delta.mean():+.3f}, mean f(x) "
+                f"{got.f_x.mean():+.3f}, r(Δ, labels) "
+                f"{_fmt(behaviour[-1]['delta_vs_labels'])} ({dt:.1f} s)"
+            )
+        return self.write(plan, records, behaviour, timings)
+
+    def write(self, plan, records, behaviour, timings) -> dict[str, Any]:
+        from introspect.training import checkpoint as ck
+
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out / "predictions.jsonl", records)
+        rows = recompute_metrics(records, n_boot=self.n_boot, seed=self.seed)
+        write_jsonl(out / "metrics.jsonl", rows)
+        write_jsonl(out / "behaviour.jsonl", behaviour)
+        files = ["predictions.jsonl", "metrics.jsonl", "behaviour.jsonl"]
+        if self.plots:
+            try:
+                from introspect.evaluation.plots import plot_behaviour, plot_coupling
+
+                plot_coupling(rows, out / "self_vs_orig.png")
+                plot_behaviour(behaviour, out / "behaviour.png")
+                files += ["self_vs_orig.png", "behaviour.png"]
+            except ImportError as exc:
+                self.say(f"warning: no plots ({exc}); pip install matplotlib")
+        summary = {
+            "train_dir": str(self.train_dir),
+            "pairs": str(self.pairs_path),
+            "labels": str(self.labels_run),
+            "n": len(self.ids),
+            "layer": self.layer,
+            "n_boot": self.n_boot,
+            "seed": self.seed,
+            "checkpoints": [s for s, _, _ in plan],
+            "timings": timings,
+            "wall_s": time.perf_counter() - self.t_start,
+            "files": files,
+        }
+        ck.write_json(out / "eval.json", summary)
+        return {**summary, "metrics": rows, "behaviour": behaviour}
 
 
 def evaluate_training(
@@ -85,185 +370,46 @@ def evaluate_training(
     labels_run: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    model: Any = None,
+    tokenizer: Any = None,
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
     include_start: bool = True,
     batch_tokens: int = 4096,
     plots: bool = True,
     device: str = "auto",
-    say: Callable[[str], None] = _say,
+    say: Callable[[str], None] = say_stderr,
 ) -> dict[str, Any]:
     """Evaluates every checkpoint of ``train_dir`` on the held-out pairs of ``pairs_path``
     against the fixed labels of ``labels_run`` (an extract run holding every held-out pair);
-    writes the files listed in the module docstring into ``out`` and returns the summary.
-    ``device``: where the models run (``"auto"``: a GPU if one is visible)."""
-    from introspect import explain
-    from introspect.data import read_pairs
-    from introspect.explain import ArraySource
-    from introspect.labels import labels_from_run, load_labels
-    from introspect.models import load_model, resolve_device
-    from introspect.training import checkpoint as ck
+    writes the files listed in the module docstring into ``out`` and returns the summary (with
+    its ``metrics`` rows and ``behaviour`` rows).
 
-    t_start = time.perf_counter()
-    device = resolve_device(device)
-    train_dir, out = Path(train_dir), Path(out)
-    if not (train_dir / ck.TRAIN_JSON).is_file():
-        raise EvalError(f"{train_dir}: no {ck.TRAIN_JSON} here (not a training directory)")
-    doc = ck.read_json(train_dir / ck.TRAIN_JSON)
-    layer = int(doc["layer"])
-    base_spec = doc["model"]["spec"]
-    model_trains = bool(doc["model_trains"])
-    checkpoints = ck.list_checkpoints(train_dir)
-    if not checkpoints:
-        raise EvalError(f"{train_dir}: no checkpoints to evaluate")
-    if not os.path.exists(pairs_path):
-        raise EvalError(f"pair file {pairs_path} does not exist")
-    pairs, _ = read_pairs(pairs_path)
-    if not pairs:
-        raise EvalError(f"{pairs_path}: no pairs")
-    ids = [p.id for p in pairs]
-    if not os.path.isdir(labels_run):
-        raise EvalError(f"labels run {labels_run} is not a directory (give an extract run)")
-    labels = labels_from_run(labels_run, ids=ids)
-    y = labels.align(ids)
-    if not np.isfinite(y).all():
-        raise EvalError(f"{labels_run}: some held-out labels are not finite")
-    if (train_dir / "labels.json").is_file():
-        seen = set(load_labels(train_dir / "labels.json").ids)
-        overlap = sum(i in seen for i in ids)
-        if overlap:
-            say(f"warning: {overlap} of the {len(ids)} held-out pairs were training pairs")
+    ``model`` (with ``tokenizer``): the starting model as an object in memory, when the run was
+    trained from one (:func:`introspect.train` with ``model=``); it must have the weights the
+    run recorded. Without it the starting model is loaded by the name the run recorded. The
+    checkpoints of a run whose model trained are loaded from their directories. ``device``:
+    where models loaded by name run (``"auto"``: a GPU if one is visible).
 
-    verbal_doc = None
-    if doc.get("verbal"):
-        verbal_doc = ck.read_json(train_dir / doc["verbal"])
-        threshold = float(verbal_doc["threshold"])
-        y_bins = bin_delta(y, threshold)
-        verbal_answers = _base_answers(base_spec, pairs, verbal_doc, device)
+    Example::
 
-    ridge = explain.load(train_dir / "ridge-m0")
-    plan: list[tuple[int, str, list[tuple[str, Any]]]] = []
-    if include_start:
-        plan.append((0, base_spec, [("ridge-m0", ridge)]))
-    for step, path in checkpoints:
-        spec = str(path / "model") if model_trains else base_spec
-        trained = [("probe", explain.load(path / "probe"))]
-        if (path / "probe-diff").is_dir():
-            trained.append(("probe-diff", explain.load(path / "probe-diff")))
-        plan.append((step, spec, [*trained, ("ridge-m0", ridge)]))
-    with_verbal = {step for step, _ in checkpoints} if verbal_doc is not None else set()
-
-    objective = doc.get("behaviour_objective", "none")
-    records: list[dict[str, Any]] = []
-    behaviour: list[dict[str, Any]] = []
-    cache: dict[str, tuple] = {}
-    timings = []
-    for step, spec, explainers in plan:
-        t0 = time.perf_counter()
-        if spec not in cache:
-            lm = load_model(spec, dtype="float32", device=device)
-            f_x, f_mod, h, h_mod = _extract(lm, pairs, layer, batch_tokens)
-            obj = None
-            if objective != "none":
-                from introspect.training.objectives import TrainError, objective_logprob
-
-                try:
-                    obj = objective_logprob(lm.model, lm.tokenizer, pairs, objective)
-                except TrainError as exc:
-                    say(f"note: no objective log-probability on the held-out pairs ({exc})")
-            said = None
-            if step in with_verbal:
-                from introspect.training.loop import verbal_explainer
-
-                ex = verbal_explainer(lm.model, lm.tokenizer, verbal_doc)
-                said = ex.predict(pairs, answers=verbal_answers)
-            cache = {spec: (f_x, f_mod, h, h_mod, obj, said)}
-            del lm
-        f_x, f_mod, h, h_mod, obj, said = cache[spec]
-        delta = f_mod - f_x
-        for name, expl in explainers:
-            diff = getattr(getattr(expl, "config", None), "mode", "direct") == "difference"
-            pred = expl.predict(ArraySource(h, h_mod if diff else None, ids=ids))
-            records.extend(prediction_records(ids, pred, delta, y, checkpoint=step, explainer=name))
-        if said is not None and step in with_verbal:
-            records.extend(
-                prediction_records(
-                    ids, said, bin_delta(delta, threshold), y_bins, checkpoint=step,
-                    explainer="verbal",
-                )
-            )  # fmt: skip
-        behaviour.append(
-            {
-                "checkpoint": step,
-                "model": spec,
-                "n": len(ids),
-                "mean_f_x": float(f_x.mean()),
-                "mean_f_mod": float(f_mod.mean()),
-                "mean_delta": float(delta.mean()),
-                "sd_delta": float(delta.std()),
-                "frac_target_x": float((f_x > 0).mean()),
-                "objective": objective,
-                "objective_logprob": obj,
-                "delta_vs_labels": _finite(pearson_r(delta, y)),
-            }
-        )
-        dt = time.perf_counter() - t0
-        timings.append({"checkpoint": step, "seconds": dt})
-        say(
-            f"checkpoint {step}: mean Δ {delta.mean():+.3f}, mean f(x) {f_x.mean():+.3f}, "
-            f"r(Δ, labels) {_fmt(behaviour[-1]['delta_vs_labels'])} ({dt:.1f} s)"
-        )
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "predictions.jsonl", records)
-    rows = recompute_metrics(records, n_boot=n_boot, seed=seed)
-    write_jsonl(out / "metrics.jsonl", rows)
-    write_jsonl(out / "behaviour.jsonl", behaviour)
-    files = ["predictions.jsonl", "metrics.jsonl", "behaviour.jsonl"]
-    if plots:
-        try:
-            from introspect.evaluation.plots import plot_behaviour, plot_coupling
-
-            plot_coupling(rows, out / "self_vs_orig.png")
-            plot_behaviour(behaviour, out / "behaviour.png")
-            files += ["self_vs_orig.png", "behaviour.png"]
-        except ImportError as exc:
-            say(f"warning: no plots ({exc}); pip install matplotlib")
-    summary = {
-        "train_dir": str(train_dir),
-        "pairs": str(pairs_path),
-        "labels": str(labels_run),
-        "n": len(ids),
-        "layer": layer,
-        "n_boot": n_boot,
-        "seed": seed,
-        "checkpoints": [s for s, _, _ in plan],
-        "timings": timings,
-        "wall_s": time.perf_counter() - t_start,
-        "files": files,
-    }
-    ck.write_json(out / "eval.json", summary)
-    summary["metrics"] = rows
-    summary["behaviour"] = behaviour
-    return summary
-
-
-def _base_answers(spec: str, pairs, verbal_doc: dict[str, Any], device: str) -> list[str]:
-    """The starting model's answers on x of the held-out pairs (what the verbal follow-up shows,
-    as in training)."""
-    import torch
-
-    from introspect.models import load_model
-    from introspect.training.loop import verbal_explainer
-
-    lm = load_model(spec, dtype="float32", device=device)
-    with torch.no_grad():
-        return verbal_explainer(lm.model, lm.tokenizer, verbal_doc).answers(pairs)
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:+.3f}"
-
-
-def _finite(v: float) -> float | None:
-    return float(v) if np.isfinite(v) else None
+        summary = introspect.evaluate("build/train", "held.jsonl", "build/m0", "build/eval",
+                                      model=model, tokenizer=tok)
+        [r for r in summary["metrics"] if r["metric"] == "gap.pearson"]
+    """
+    job = _Evaluation(
+        train_dir,
+        pairs_path,
+        labels_run,
+        out,
+        model=model,
+        tokenizer=tokenizer,
+        n_boot=n_boot,
+        seed=seed,
+        include_start=include_start,
+        batch_tokens=batch_tokens,
+        plots=plots,
+        device=device,
+        say=say,
+    )
+    return job.run()

@@ -4,48 +4,33 @@ no torch)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from introspect._args import add_device_argument
-
-EXIT_BAD_INPUT = 3
-
-
-def _error(message: str) -> None:
-    print(f"introspect: error: {message}", file=sys.stderr)
+from introspect._args import EXIT_CODES, add_device_argument, add_json_argument
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from introspect.data import PairError
-    from introspect.evaluation.checkpoints import EvalError, evaluate_training
-    from introspect.labels import LabelError
-    from introspect.models import ModelLoadError, resolve_device
-    from introspect.run import RunError
+    from introspect._args import write_json_output
+    from introspect.evaluation.checkpoints import evaluate_training
+    from introspect.models import resolve_device
 
-    try:
-        resolve_device(args.device)
-    except ValueError as exc:
-        _error(str(exc))
-        return 2
+    resolve_device(args.device)
     if args.n_boot < 0:
-        _error(f"--n-boot must be >= 0, got {args.n_boot}")
-        return 2
-    try:
-        summary = evaluate_training(
-            args.train_dir,
-            args.pairs,
-            args.labels,
-            args.out,
-            n_boot=args.n_boot,
-            seed=args.seed,
-            include_start=not args.no_start,
-            batch_tokens=args.batch_tokens,
-            plots=not args.no_plots,
-            device=args.device,
-        )
-    except (EvalError, LabelError, PairError, RunError, ModelLoadError, OSError) as exc:
-        _error(str(exc))
-        return EXIT_BAD_INPUT
+        from introspect.errors import UsageError
+
+        raise UsageError(f"--n-boot must be >= 0, got {args.n_boot}")
+    summary = evaluate_training(
+        args.train_dir,
+        args.pairs,
+        args.labels,
+        args.out,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        include_start=not args.no_start,
+        batch_tokens=args.batch_tokens,
+        plots=not args.no_plots,
+        device=args.device,
+    )
+    write_json_output(args.json, summary)
     print(
         f"evaluated {len(summary['checkpoints'])} checkpoint(s) on {summary['n']} held-out "
         f"pairs in {summary['wall_s']:.1f} s; wrote {', '.join(summary['files'])} to "
@@ -86,7 +71,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
             "metrics.jsonl (recomputable from the predictions), behaviour.jsonl, eval.json, "
             "self_vs_orig.png and behaviour.png."
         ),
-        epilog=f"exit codes: 0 done, 2 bad command line, {EXIT_BAD_INPUT} invalid input data",
+        epilog=EXIT_CODES,
     )
     p.add_argument("--train-dir", required=True, help="directory written by introspect train")
     p.add_argument("--pairs", required=True, help="held-out pair file (JSONL)")
@@ -105,5 +90,6 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")
     p.add_argument("--batch-tokens", type=int, default=4096, help="positions per forward")
+    add_json_argument(p, "the summary (metrics and behaviour rows)")
     p.set_defaults(func=_cmd_eval)
     return p

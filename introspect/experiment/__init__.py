@@ -14,8 +14,7 @@ torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from introspect._lazy import lazy_getattr
 
 __all__ = ["PRESETS", "ExperimentConfig", "ExperimentError", "rescore_coupling", "run_coupling"]
 
@@ -28,7 +27,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"introspect.experiment.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'introspect.experiment' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _WHERE)

@@ -4,84 +4,74 @@ imports no torch)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from introspect._args import add_device_argument
-
-EXIT_BAD_INPUT = 3
-
-
-def _error(message: str) -> None:
-    print(f"introspect: error: {message}", file=sys.stderr)
+from introspect._args import (
+    EXIT_CODES,
+    MODEL_HELP,
+    add_device_argument,
+    add_json_argument,
+    say,
+)
 
 
 def _pair_files(items: list[str] | None) -> dict[str, tuple[str, str]]:
+    from introspect.errors import UsageError
+
     out = {}
     for item in items or []:
         task, sep, rest = item.partition("=")
         train, sep2, held = rest.partition(",")
         if not (sep and sep2 and task and train and held):
-            raise ValueError(f"--pairs expects TASK=TRAIN.jsonl,HELD.jsonl, got {item!r}")
+            raise UsageError(f"--pairs expects TASK=TRAIN.jsonl,HELD.jsonl, got {item!r}")
         out[task] = (train, held)
     return out
+
+
+def _config(args: argparse.Namespace):
+    from introspect.experiment.coupling import ExperimentConfig
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    return ExperimentConfig.from_preset(
+        args.preset,
+        model=args.model,
+        out=args.out,
+        tasks=tasks,
+        seed=args.seed,
+        label_model=args.label_model,
+        n_train=args.n_train,
+        n_held=args.n_held,
+        steps=args.steps,
+        checkpoint_every=args.checkpoint_every,
+        n_boot=args.n_boot,
+        layer=args.layer,
+        pair_files=_pair_files(args.pairs),
+        device=args.device,
+        batch_tokens=args.batch_tokens,
+        verbal=False if args.no_verbal else None,
+    )
 
 
 def _cmd_coupling(args: argparse.Namespace) -> int:
     import time
 
-    from introspect.data import PairError
-    from introspect.evaluation.checkpoints import EvalError
-    from introspect.experiment.coupling import ExperimentConfig, ExperimentError, run_coupling
-    from introspect.labels import LabelError
-    from introspect.models import ModelLoadError, NoChatTemplateError
-    from introspect.run import RunError
-    from introspect.training.objectives import TrainError
+    from introspect._args import write_json_output
+    from introspect.errors import IntrospectError, UsageError
+    from introspect.experiment.coupling import run_coupling
 
-    tasks = [t.strip() for t in (args.tasks or args.task).split(",") if t.strip()]
-    try:
-        cfg = ExperimentConfig.from_preset(
-            args.preset,
-            model=args.model,
-            out=args.out,
-            tasks=tuple(tasks),
-            seed=args.seed,
-            label_model=args.label_model,
-            n_train=args.n_train,
-            n_held=args.n_held,
-            steps=args.steps,
-            checkpoint_every=args.checkpoint_every,
-            n_boot=args.n_boot,
-            layer=args.layer,
-            pair_files=_pair_files(args.pairs),
-            device=args.device,
-            batch_tokens=args.batch_tokens,
-            verbal=False if args.no_verbal else None,
-        )
-    except (ExperimentError, ValueError) as exc:
-        _error(str(exc))
-        return 2
+    cfg = _config(args)
     t0 = time.perf_counter()
     try:
-        run_coupling(cfg, resume=args.resume)
-    except ExperimentError as exc:
-        _error(str(exc))
-        return 2
-    except (
-        EvalError,
-        LabelError,
-        PairError,
-        RunError,
-        ModelLoadError,
-        NoChatTemplateError,
-        TrainError,
-        OSError,
-    ) as exc:
-        _error(f"{exc} (completed stages are kept: fix the cause and pass --resume)")
-        return EXIT_BAD_INPUT
+        state = run_coupling(cfg, resume=args.resume)
+    except UsageError:
+        raise
+    except IntrospectError:
+        say("  (completed stages are kept: fix the cause and pass --resume)")
+        raise
     print(
         f"coupling experiment done in {time.perf_counter() - t0:.1f} s; report: "
         f"{args.out}/report.md"
     )
+    write_json_output(args.json, state)
     return 0
 
 
@@ -114,22 +104,19 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         epilog=(
             "presets:\n"
             "  quick  64 training / 64 held-out pairs, 8 steps, noise 0.5 only; all conditions\n"
-            "         on the first task, concurrent + frozen on the others (6.6 min for one\n"
-            "         task on 2 CPU cores, 135M; `make demo` runs it)\n"
+            "         on the first task, concurrent + frozen on the others (`make demo` runs it)\n"
             "  full   384 / 192 pairs, 48 steps, noise 0.2 and 0.5, all conditions on every\n"
-            "         task (84 min for sycophancy,refusal with --label-model gemma3-270m on 2\n"
-            "         CPU cores)\n"
+            "         task (`make experiment-full` runs it; docs/coupling.md has its results)\n"
             "\nexample:\n"
-            "  introspect experiment coupling --model smollm2-135m --task sycophancy \\\n"
-            "      --out runs/coupling --preset quick\n"
-            f"\nexit codes: 0 done, 2 bad command line or settings, {EXIT_BAD_INPUT} invalid "
-            "input data"
+            "  introspect experiment coupling --model smollm2-135m --tasks sycophancy \\\n"
+            "      --out runs/coupling --preset quick\n\n" + EXIT_CODES
         ),
     )
-    c.add_argument("--model", required=True, help="alias, model directory, .gguf or hub id")
-    c.add_argument("--task", default="sycophancy", help="task (default sycophancy)")
+    c.add_argument("--model", required=True, help=MODEL_HELP)
     c.add_argument(
-        "--tasks", help="comma-separated tasks, e.g. sycophancy,refusal (overrides --task)"
+        "--tasks",
+        default="sycophancy",
+        help="comma-separated tasks, e.g. sycophancy,refusal (default sycophancy)",
     )
     c.add_argument("--out", required=True, help="experiment directory to create (or resume)")
     c.add_argument("--preset", choices=("quick", "full"), default="quick", help="sizes")
@@ -163,6 +150,7 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         metavar="TASK=TRAIN,HELD",
         help="use these pair files for TASK instead of generating pairs",
     )
+    add_json_argument(c, "the experiment's state (stages, their times and results)")
     c.set_defaults(func=_cmd_coupling)
     r = esub.add_parser(
         "rescore",
@@ -175,17 +163,22 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         ),
     )
     r.add_argument("out", metavar="RUN", help="directory of a coupling experiment")
+    add_json_argument(r, "the rescored experiment's state")
     r.set_defaults(func=_cmd_rescore)
     return p
 
 
 def _cmd_rescore(args: argparse.Namespace) -> int:
-    from introspect.experiment.coupling import ExperimentError, rescore_coupling
+    from introspect._args import write_json_output
+    from introspect.errors import BadInputError, IntrospectError
+    from introspect.experiment.coupling import rescore_coupling
 
     try:
-        rescore_coupling(args.out)
-    except (ExperimentError, OSError, ValueError, KeyError) as exc:
-        _error(str(exc))
-        return EXIT_BAD_INPUT
+        state = rescore_coupling(args.out)
+    except (KeyError, ValueError) as exc:  # a state.json or prediction file that is not one
+        if isinstance(exc, IntrospectError):
+            raise
+        raise BadInputError(f"{args.out}: not a readable coupling experiment ({exc})") from exc
     print(f"rescored; report: {args.out}/report.md")
+    write_json_output(args.json, state)
     return 0

@@ -28,19 +28,25 @@ same machine gives the same numbers.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from introspect._io import write_json_atomic
-from introspect.errors import EXIT_USAGE, IntrospectError
+from introspect._progress import format_seconds, say_stderr
+from introspect.experiment.config import (
+    OBJECTIVE_OF_TASK,
+    PRESETS,
+    Condition,
+    ExperimentConfig,
+    ExperimentError,
+    conditions_for,
+    plan_stages,
+)
 
 __all__ = [
     "OBJECTIVE_OF_TASK",
@@ -57,226 +63,11 @@ __all__ = [
 STATE_JSON = "state.json"
 FORMAT_VERSION = 1
 
-OBJECTIVE_OF_TASK = {
-    "sycophancy": "anti-sycophancy",
-    "hint": "anti-sycophancy",
-    "refusal": "refusal-shift",
-}
-
-# Sizes and schedules. ``quick`` is the demo (budget: 10 minutes for one task on a 2-core CPU with
-# a 135M model, set-up included); ``full`` took 84 minutes there for two tasks and a label model
-# (budget: 90).
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "n_train": 64,
-        "n_held": 64,
-        "steps": 8,
-        "batch_size": 8,
-        "checkpoint_every": 4,
-        "lr": 1e-4,
-        "n_boot": 500,
-        "noise_levels": (0.5,),
-        "all_conditions_for_every_task": False,
-    },
-    "full": {
-        "n_train": 384,
-        "n_held": 192,
-        "steps": 48,
-        "batch_size": 8,
-        "checkpoint_every": 16,
-        "lr": 3e-5,
-        "n_boot": 1000,
-        "noise_levels": (0.2, 0.5),
-        "all_conditions_for_every_task": True,
-    },
-}
-
-
-class ExperimentError(IntrospectError, ValueError):
-    """Experiment settings that do not fit together, or an output directory in the way."""
-
-    exit_code = EXIT_USAGE
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    model: str
-    out: str
-    tasks: tuple[str, ...] = ("sycophancy",)
-    preset: str = "quick"
-    seed: int = 0
-    label_model: str | None = None
-    n_train: int = 64
-    n_held: int = 64
-    steps: int = 8
-    batch_size: int = 8
-    checkpoint_every: int = 4
-    lr: float = 1e-4
-    probe_lr: float = 1e-3
-    n_boot: int = 500
-    noise_levels: tuple[float, ...] = (0.2, 0.5)
-    layer: int | None = None
-    all_conditions_for_every_task: bool = False
-    pair_files: dict[str, tuple[str, str]] = field(default_factory=dict)
-    batch_tokens: int = 2048
-    verbal: bool = True
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        from introspect.data.tasks import TASKS
-
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        object.__setattr__(self, "noise_levels", tuple(float(p) for p in self.noise_levels))
-        problems = []
-        if not self.tasks:
-            problems.append("no task given")
-        for t in self.tasks:
-            if t not in TASKS:
-                problems.append(f"unknown task {t!r}; choose from {', '.join(sorted(TASKS))}")
-            elif t not in OBJECTIVE_OF_TASK:
-                problems.append(f"task {t!r} has no behaviour-shifting objective")
-        if len(set(self.tasks)) != len(self.tasks):
-            problems.append(f"a task is named twice: {','.join(self.tasks)}")
-        sizes = ("n_train", "n_held", "steps", "batch_size", "checkpoint_every", "batch_tokens")
-        for name in sizes:
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_train < 2 or self.n_held < 3:
-            problems.append("at least 2 training and 3 held-out pairs are needed")
-        if self.n_boot < 0:
-            problems.append(f"n_boot must be >= 0, got {self.n_boot}")
-        for p in self.noise_levels:
-            if not 0.0 < p <= 1.0:
-                problems.append(f"noise levels lie in (0, 1]; got {p}")
-        try:
-            from introspect.models import resolve_device
-
-            resolve_device(self.device)
-        except ValueError as exc:
-            problems.append(str(exc))
-        for t in self.pair_files:
-            if t not in self.tasks:
-                problems.append(f"pair files given for {t!r}, which is not among the tasks")
-        if problems:
-            raise ExperimentError("; ".join(problems))
-
-    @classmethod
-    def from_preset(cls, preset: str, **overrides: Any) -> ExperimentConfig:
-        if preset not in PRESETS:
-            raise ExperimentError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        values = {**PRESETS[preset], "preset": preset}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["tasks"] = list(self.tasks)
-        d["noise_levels"] = list(self.noise_levels)
-        d["pair_files"] = {k: list(v) for k, v in self.pair_files.items()}
-        return d
-
-    def identity(self) -> dict[str, Any]:
-        """What a resumed run must share with the run it continues."""
-        d = self.to_json()
-        d.pop("out")
-        d.pop("device")  # a run may continue on another device
-        return d
-
-
-@dataclass(frozen=True)
-class Condition:
-    name: str
-    concurrent: bool
-    noise: float = 0.0
-    shuffle: bool = False
-    labels: str = "m0"  # "m0" or "other" (the label model's Δ)
-    description: str = ""
-    # Checkpoints every ``checkpoint_every`` steps, each evaluated, and the start evaluated too;
-    # otherwise one checkpoint at the end (the model's trajectory is that of ``concurrent``).
-    trajectory: bool = False
-
-
-def _noise_name(p: float) -> str:
-    return f"noise-{p:g}"
-
-
-def conditions_for(cfg: ExperimentConfig, task: str) -> list[Condition]:
-    """The conditions run on ``task``: all of them on the first task (every task with
-    ``all_conditions_for_every_task``), else the concurrent run and the frozen control."""
-    conds = [
-        Condition(
-            "concurrent",
-            True,
-            description="model trains on the objective; clean labels",
-            trajectory=True,
-        ),
-        Condition(
-            "frozen",
-            False,
-            description="control: model frozen (Self = Orig); no verbal explainer, which is the "
-            "model itself",
-        ),
-    ]
-    if task != cfg.tasks[0] and not cfg.all_conditions_for_every_task:
-        return conds
-    conds.append(
-        Condition("shuffled", True, shuffle=True, description="control: labels permuted over pairs")
-    )
-    for p in cfg.noise_levels:
-        conds.append(
-            Condition(_noise_name(p), True, noise=p, description=f"{p:.0%} of the labels resampled")
-        )
-    if cfg.label_model:
-        conds.append(
-            Condition(
-                f"label-{cfg.label_model}",
-                True,
-                labels="other",
-                description=f"labels: Δ of {cfg.label_model}",
-                trajectory=True,
-            )
-        )
-    return conds
-
-
-def plan_stages(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(name, kind, arguments)`` of every stage, in order."""
-    stages: list[tuple[str, str, dict[str, Any]]] = []
-    for task in cfg.tasks:
-        stages.append((f"{task}/pairs", "pairs", {"task": task}))
-        stages.append((f"{task}/labels-m0", "labels", {"task": task, "which": "m0"}))
-        if cfg.label_model:
-            stages.append((f"{task}/labels-other", "labels", {"task": task, "which": "other"}))
-        for cond in conditions_for(cfg, task):
-            stages.append((f"{task}/train-{cond.name}", "train", {"task": task, "cond": cond}))
-            stages.append((f"{task}/eval-{cond.name}", "eval", {"task": task, "cond": cond}))
-    stages.append(("report", "report", {}))
-    return stages
-
 
 def _utc_now() -> str:
     import datetime as _dt
 
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _fmt_s(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _State:
@@ -328,258 +119,296 @@ class _State:
         write_json_atomic(self.path, self.doc)
 
 
-def _extract_run(
-    lm,
-    model_spec: str,
-    pairs_path: Path,
-    out: Path,
-    layer: int,
-    batch_tokens: int,
-    say: Callable[[str], None] | None = None,
-):
-    """Δ and the layer's hidden states of every pair of ``pairs_path`` into the run ``out``."""
-    from dataclasses import replace
+class _Skip(Exception):
+    """A stage that cannot run and is recorded as skipped, with the reason."""
 
-    from introspect.data import read_pairs
-    from introspect.engine import ExtractConfig, extract_pairs
-    from introspect.engine.stream import PREFIX_WINDOW, check_tree_layout, shared_prefix
-    from introspect.models import PLAIN_CHAT_TEMPLATE
-    from introspect.run import RunWriter
-
-    pairs, _ = read_pairs(pairs_path)
-    config = ExtractConfig(layers=(layer,), batch_tokens=batch_tokens)
-    if check_tree_layout(lm.model, lm.tokenizer, pairs[0]) is not None:
-        config = replace(config, layout="paths")
-    prefix = shared_prefix(lm.tokenizer, pairs[:PREFIX_WINDOW])
-    writer = RunWriter(
-        out,
-        model_id=model_spec,
-        weights_hash=lm.weights_hash,
-        config={
-            **config.to_json(),
-            "dtype": "float32",
-            "prefix_tokens": len(prefix),
-            "chat_template": (
-                "plain" if lm.tokenizer.chat_template == PLAIN_CHAT_TEMPLATE else "model"
-            ),
-        },
-        input_hash=_sha256(pairs_path),
-        layers=[layer],
-        positions=["last"],
-        hidden_size=lm.hidden_size,
-    )
-    t0, done, next_at = time.perf_counter(), 0, 0.0
-    for res in extract_pairs(lm.model, lm.tokenizer, pairs, config, prefix=prefix):
-        writer.add(res.ids, res.f_x, res.f_mod, res.hidden)
-        done += len(res.ids)
-        if say is not None and (done / len(pairs) >= next_at or done == len(pairs)):
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            eta = (len(pairs) - done) / max(rate, 1e-9)
-            say(f"extracting: {done}/{len(pairs)} ({rate:.1f} pairs/s, ETA {_fmt_s(eta)})")
-            next_at = done / len(pairs) + 0.25
-    writer.close()
-    return len(pairs)
+    def __init__(self, reason: str, seconds: float = 0.0):
+        super().__init__(reason)
+        self.reason, self.seconds = reason, seconds
 
 
-def run_coupling(
-    cfg: ExperimentConfig, *, resume: bool = False, say: Callable[[str], None] = _say
-) -> dict[str, Any]:
-    """Runs (or continues) the experiment into ``cfg.out``; returns the contents of
-    ``state.json``. Stages already completed are skipped when ``resume``."""
-    from introspect.data import read_pairs, write_pairs
-    from introspect.data.tasks import generate
-    from introspect.evaluation.checkpoints import evaluate_training
-    from introspect.models import (
-        ModelLoadError,
-        NoChatTemplateError,
-        load_model,
-        resolve_device,
-        use_plain_chat_template,
-    )
+class _StepClock:
+    """Appends the stage's ETA to the trainer's ``step k/n`` lines."""
 
-    device = resolve_device(cfg.device)
-    from introspect.training import TrainConfig, train
+    def __init__(self, name: str, say: Callable[[str], None]):
+        self.name, self.say = name, say
+        self.steps_from, self.first = time.perf_counter(), None
 
-    out = Path(cfg.out)
-    state = _State(out, cfg, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    state.save()
-    stages = plan_stages(cfg)
-    t_run = time.perf_counter()
-    spent: dict[str, list[float]] = {}
-    for name, kind, _ in stages:
-        info = state.info(name)
-        if state.done(name) and not info.get("skipped"):
-            spent.setdefault(kind, []).append(float(info.get("seconds", 0.0)))
-    layer_of: dict[str, int] = {}
+    def __call__(self, msg: str) -> None:
+        if msg.startswith("M0 pass"):
+            self.steps_from = time.perf_counter()
+        m = re.match(r"step (\d+)/(\d+)", msg)
+        if m:
+            k, n = int(m.group(1)), int(m.group(2))
+            if self.first is None:
+                self.first = k - 1
+            per = (time.perf_counter() - self.steps_from) / max(k - self.first, 1)
+            msg = f"{msg} (stage ETA {format_seconds(per * (n - k))})"
+        self.say(f"  [{self.name}] {msg}")
 
-    def eta(index: int) -> str:
-        rest = stages[index:]
-        known = [s for k, v in spent.items() if k != "pairs" for s in v]
+
+class _Experiment:
+    """One run of the protocol (see :func:`run_coupling`): the stages as methods, each taking
+    its arguments from :func:`plan_stages` and returning what ``state.json`` records."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        *,
+        resume: bool,
+        model: Any,
+        tokenizer: Any,
+        label_model: Any,
+        label_tokenizer: Any,
+        say: Callable[[str], None],
+    ) -> None:
+        from introspect.models import resolve_device
+
+        self.cfg, self.say = cfg, say
+        self.device = resolve_device(cfg.device)
+        self.out = Path(cfg.out)
+        self.state = _State(self.out, cfg, resume)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state.save()
+        self.stages = plan_stages(cfg)
+        self.objects = {"m0": (model, tokenizer), "other": (label_model, label_tokenizer)}
+        self._layer: int | None = None
+        self.t_run = time.perf_counter()
+        self.spent: dict[str, list[float]] = {}
+        for name, kind, _ in self.stages:
+            info = self.state.info(name)
+            if self.state.done(name) and not info.get("skipped"):
+                self.spent.setdefault(kind, []).append(float(info.get("seconds", 0.0)))
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def eta(self, index: int) -> str:
+        known = [s for k, v in self.spent.items() if k != "pairs" for s in v]
         if not known:
             return "unknown"
         mean_all = sum(known) / len(known)
         total = 0.0
-        for name, kind, _ in rest:
-            if state.done(name):
-                continue
-            v = spent.get(kind)
-            total += (sum(v) / len(v)) if v else mean_all
-        return _fmt_s(total)
+        for name, kind, _ in self.stages[index:]:
+            if not self.state.done(name):
+                v = self.spent.get(kind)
+                total += (sum(v) / len(v)) if v else mean_all
+        return format_seconds(total)
 
-    def main_layer() -> int:
-        if "main" not in layer_of:
-            lm = load_model(cfg.model, dtype="float32")
-            layer = cfg.layer if cfg.layer is not None else lm.n_layers // 2
-            if layer < 0:
-                layer += lm.n_layers
-            if not 0 <= layer < lm.n_layers:
-                raise ExperimentError(
-                    f"layer {cfg.layer} out of range: {cfg.model} has layers 0..{lm.n_layers - 1}"
-                )
-            layer_of["main"] = layer
-        return layer_of["main"]
+    def load(self, which: str):
+        """The main model (``"m0"``) or the label model (``"other"``): the caller's object, or
+        loaded by name in float32."""
+        from introspect.models import load_model
 
-    def label_dir(task: str, which: str) -> Path:
-        return out / task / ("m0" if which == "m0" else "labels-other")
+        obj, tok = self.objects[which]
+        if obj is not None:
+            return load_model(obj, tokenizer=tok)
+        spec = self.cfg.model if which == "m0" else self.cfg.label_model
+        return load_model(spec, dtype="float32", device=self.device)
 
-    for index, (name, kind, args) in enumerate(stages):
-        if state.done(name):
-            say(f"[{index + 1}/{len(stages)}] {name}: done earlier, skipped")
-            continue
-        say(
-            f"[{index + 1}/{len(stages)}] {name}: start (elapsed "
-            f"{_fmt_s(time.perf_counter() - t_run)}, ETA {eta(index)})"
-        )
-        t0 = time.perf_counter()
-        info: dict[str, Any] = {}
-        task = args.get("task")
-        tdir = out / task if task else out
-        if kind == "pairs":
-            tdir.mkdir(parents=True, exist_ok=True)
-            if task in cfg.pair_files:
-                train_src, held_src = cfg.pair_files[task]
-                train_pairs, _ = read_pairs(train_src)
-                held_pairs, _ = read_pairs(held_src)
-            else:
-                pairs = generate(task, cfg.n_train + cfg.n_held, seed=cfg.seed)
-                train_pairs, held_pairs = pairs[: cfg.n_train], pairs[cfg.n_train :]
-            write_pairs(tdir / "train.jsonl", train_pairs)
-            write_pairs(tdir / "held.jsonl", held_pairs)
-            write_pairs(tdir / "all.jsonl", list(train_pairs) + list(held_pairs))
-            info.update(n_train=len(train_pairs), n_held=len(held_pairs))
-        elif kind == "labels":
-            which = args["which"]
-            dest = label_dir(task, which)
-            shutil.rmtree(dest, ignore_errors=True)
-            spec = cfg.model if which == "m0" else cfg.label_model
+    def main_layer(self) -> int:
+        if self._layer is None:
+            from introspect.layers import resolve_layer
+
+            lm = self.load("m0")
+            index = self.cfg.layer if self.cfg.layer is not None else lm.n_layers // 2
             try:
-                lm = load_model(spec, dtype="float32", device=device)
-                # A base model (no chat template) reads the chat prompts as a transcript.
-                template = use_plain_chat_template(lm.tokenizer, "auto")
-                if template == "plain":
-                    say(f"  {spec} has no chat template: its prompts are plain transcripts")
-                layer = main_layer() if which == "m0" else lm.n_layers // 2
-                n = _extract_run(
-                    lm,
-                    spec,
-                    tdir / "all.jsonl",
-                    dest,
-                    layer,
-                    cfg.batch_tokens,
-                    say=lambda m, _n=name: say(f"  [{_n}] {m}"),
-                )
-                del lm
-            except (ModelLoadError, NoChatTemplateError) as exc:
-                if which == "m0":
-                    raise
-                shutil.rmtree(dest, ignore_errors=True)
-                reason = " ".join(str(exc).split())
-                say(f"  no labels from {spec}: {reason}; its condition is skipped")
-                state.record(name, time.perf_counter() - t0, skipped=reason)
-                continue
-            info.update(model=spec, n=n, chat_template=template)
-        elif kind == "train":
-            cond: Condition = args["cond"]
-            which = cond.labels
-            lab_stage = f"{task}/labels-{which}"
-            skipped = state.info(lab_stage).get("skipped")
-            if skipped:
-                say(f"  skipped: the labels of {cfg.label_model} are missing ({skipped})")
-                state.record(name, 0.0, skipped=f"{cfg.label_model} not available: {skipped}")
-                continue
-            dest = tdir / f"train-{cond.name}"
-            shutil.rmtree(dest, ignore_errors=True)
-            tcfg = TrainConfig(
-                model=cfg.model,
-                pairs=str(tdir / "train.jsonl"),
-                labels=str(label_dir(task, which)),
-                out=str(dest),
-                objective=OBJECTIVE_OF_TASK[task],
-                concurrent=cond.concurrent,
-                layer=main_layer(),
-                steps=cfg.steps,
-                batch_size=cfg.batch_size,
-                lr=cfg.lr,
-                probe_lr=cfg.probe_lr,
-                noise=cond.noise,
-                shuffle_labels=cond.shuffle,
-                checkpoint_every=cfg.checkpoint_every if cond.trajectory else cfg.steps,
-                verbal=cfg.verbal and cond.concurrent,
-                seed=cfg.seed,
-                device=device,
-            )
-            clock = {"steps_from": time.perf_counter(), "first": None}
+                self._layer = resolve_layer(index, lm.n_layers, model=self.cfg.model)
+            except ValueError as exc:
+                raise ExperimentError(str(exc)) from None
+        return self._layer
 
-            def stage_say(msg: str, _name=name, _c=clock) -> None:
-                if msg.startswith("M0 pass"):
-                    _c["steps_from"] = time.perf_counter()
-                m = re.match(r"step (\d+)/(\d+)", msg)
-                if m:
-                    k, n = int(m.group(1)), int(m.group(2))
-                    if _c["first"] is None:
-                        _c["first"] = k - 1
-                    per = (time.perf_counter() - _c["steps_from"]) / max(k - _c["first"], 1)
-                    msg = f"{msg} (stage ETA {_fmt_s(per * (n - k))})"
-                say(f"  [{_name}] {msg}")
+    def label_dir(self, task: str, which: str) -> Path:
+        return self.out / task / ("m0" if which == "m0" else "labels-other")
 
-            doc = train(tcfg, say=stage_say)
-            info.update(steps=doc["step"], layer=doc["layer"], train_s=doc["wall_s"])
-        elif kind == "eval":
-            cond = args["cond"]
-            train_name = f"{task}/train-{cond.name}"
-            skipped = state.info(train_name).get("skipped")
-            if skipped:
-                state.record(name, 0.0, skipped=skipped)
-                continue
-            dest = tdir / f"eval-{cond.name}"
-            shutil.rmtree(dest, ignore_errors=True)
-            summary = evaluate_training(
-                tdir / f"train-{cond.name}",
-                tdir / "held.jsonl",
-                label_dir(task, cond.labels),
+    def sub_say(self, name: str) -> Callable[[str], None]:
+        return lambda m: self.say(f"  [{name}] {m}")
+
+    # -- stages --------------------------------------------------------------------------
+
+    def stage_pairs(self, name: str, task: str) -> dict[str, Any]:
+        from introspect.data import read_pairs, write_pairs
+        from introspect.data.tasks import generate
+
+        cfg, tdir = self.cfg, self.out / task
+        tdir.mkdir(parents=True, exist_ok=True)
+        if task in cfg.pair_files:
+            train_src, held_src = cfg.pair_files[task]
+            train_pairs, _ = read_pairs(train_src)
+            held_pairs, _ = read_pairs(held_src)
+        else:
+            pairs = generate(task, cfg.n_train + cfg.n_held, seed=cfg.seed)
+            train_pairs, held_pairs = pairs[: cfg.n_train], pairs[cfg.n_train :]
+        write_pairs(tdir / "train.jsonl", train_pairs)
+        write_pairs(tdir / "held.jsonl", held_pairs)
+        write_pairs(tdir / "all.jsonl", list(train_pairs) + list(held_pairs))
+        return {"n_train": len(train_pairs), "n_held": len(held_pairs)}
+
+    def stage_labels(self, name: str, task: str, which: str) -> dict[str, Any]:
+        """Δ and hidden states of every pair (training and held-out) from M0 or the label
+        model: the fixed labels. A label model that cannot be loaded skips its condition."""
+        from introspect.engine.driver import extract
+        from introspect.models import ModelLoadError, NoChatTemplateError, with_chat_template
+
+        t0 = time.perf_counter()
+        dest = self.label_dir(task, which)
+        shutil.rmtree(dest, ignore_errors=True)
+        spec = self.cfg.model if which == "m0" else self.cfg.label_model
+        try:
+            lm = self.load(which)
+            # A base model (no chat template) reads the chat prompts as a transcript.
+            _, template = with_chat_template(lm.tokenizer, "auto")
+            if template == "plain":
+                self.say(f"  {spec} has no chat template: its prompts are plain transcripts")
+            layer = self.main_layer() if which == "m0" else lm.n_layers // 2
+            run = extract(
+                lm,
+                None,
+                self.out / task / "all.jsonl",
                 dest,
-                n_boot=cfg.n_boot,
-                seed=cfg.seed,
-                include_start=cond.trajectory or not cond.concurrent,
-                batch_tokens=cfg.batch_tokens,
-                device=device,
-                say=lambda m, _n=name: say(f"  [{_n}] {m}"),
+                layers=[layer],
+                batch_tokens=self.cfg.batch_tokens,
+                chat_template="auto",
+                model_id=spec,
+                progress=self.sub_say(name),
+                say=self.sub_say(name),
             )
-            info.update(checkpoints=summary["checkpoints"], n=summary["n"])
-        elif kind == "report":
-            from introspect.experiment.report import write_report
+        except (ModelLoadError, NoChatTemplateError) as exc:
+            if which == "m0":
+                raise
+            shutil.rmtree(dest, ignore_errors=True)
+            reason = " ".join(str(exc).split())
+            self.say(f"  no labels from {spec}: {reason}; its condition is skipped")
+            raise _Skip(reason, time.perf_counter() - t0) from None
+        return {"model": spec, "n": len(run.ids), "chat_template": template}
 
-            state.doc["wall_s_so_far"] = time.perf_counter() - t_run
-            path = write_report(out, cfg, state.doc, stages)
-            info.update(path=str(path.relative_to(out)))
-        seconds = time.perf_counter() - t0
-        spent.setdefault(kind, []).append(seconds)
-        state.record(name, seconds, **info)
-        say(f"[{index + 1}/{len(stages)}] {name}: done in {_fmt_s(seconds)}")
-    state.doc["complete"] = True
-    state.save()
-    return state.doc
+    def stage_train(self, name: str, task: str, cond: Condition) -> dict[str, Any]:
+        from introspect.training import TrainConfig, train
+
+        cfg = self.cfg
+        skipped = self.state.info(f"{task}/labels-{cond.labels}").get("skipped")
+        if skipped:
+            self.say(f"  skipped: the labels of {cfg.label_model} are missing ({skipped})")
+            raise _Skip(f"{cfg.label_model} not available: {skipped}")
+        dest = self.out / task / f"train-{cond.name}"
+        shutil.rmtree(dest, ignore_errors=True)
+        tcfg = TrainConfig(
+            model=cfg.model,
+            pairs=str(self.out / task / "train.jsonl"),
+            labels=str(self.label_dir(task, cond.labels)),
+            out=str(dest),
+            objective=OBJECTIVE_OF_TASK[task],
+            concurrent=cond.concurrent,
+            layer=self.main_layer(),
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            probe_lr=cfg.probe_lr,
+            noise=cond.noise,
+            shuffle_labels=cond.shuffle,
+            checkpoint_every=cfg.checkpoint_every if cond.trajectory else cfg.steps,
+            verbal=cfg.verbal and cond.concurrent,
+            seed=cfg.seed,
+            device=self.device,
+        )
+        model, tok = self.objects["m0"]
+        kw = {} if model is None else {"model": model, "tokenizer": tok}
+        doc = train(tcfg, say=_StepClock(name, self.say), **kw)
+        return {"steps": doc["step"], "layer": doc["layer"], "train_s": doc["wall_s"]}
+
+    def stage_eval(self, name: str, task: str, cond: Condition) -> dict[str, Any]:
+        from introspect.evaluation.checkpoints import evaluate_training
+
+        skipped = self.state.info(f"{task}/train-{cond.name}").get("skipped")
+        if skipped:
+            raise _Skip(skipped)
+        tdir = self.out / task
+        dest = tdir / f"eval-{cond.name}"
+        shutil.rmtree(dest, ignore_errors=True)
+        model, tok = self.objects["m0"]
+        summary = evaluate_training(
+            tdir / f"train-{cond.name}",
+            tdir / "held.jsonl",
+            self.label_dir(task, cond.labels),
+            dest,
+            model=model,
+            tokenizer=tok,
+            n_boot=self.cfg.n_boot,
+            seed=self.cfg.seed,
+            include_start=cond.trajectory or not cond.concurrent,
+            batch_tokens=self.cfg.batch_tokens,
+            device=self.device,
+            say=self.sub_say(name),
+        )
+        return {"checkpoints": summary["checkpoints"], "n": summary["n"]}
+
+    def stage_report(self, name: str) -> dict[str, Any]:
+        from introspect.experiment.report import write_report
+
+        self.state.doc["wall_s_so_far"] = time.perf_counter() - self.t_run
+        path = write_report(self.out, self.cfg, self.state.doc, self.stages)
+        return {"path": str(path.relative_to(self.out))}
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        n = len(self.stages)
+        for index, (name, kind, args) in enumerate(self.stages):
+            if self.state.done(name):
+                self.say(f"[{index + 1}/{n}] {name}: done earlier, skipped")
+                continue
+            self.say(
+                f"[{index + 1}/{n}] {name}: start (elapsed "
+                f"{format_seconds(time.perf_counter() - self.t_run)}, ETA {self.eta(index)})"
+            )
+            t0 = time.perf_counter()
+            try:
+                info = getattr(self, f"stage_{kind}")(name, **args)
+            except _Skip as skip:
+                self.state.record(name, skip.seconds, skipped=skip.reason)
+                continue
+            seconds = time.perf_counter() - t0
+            self.spent.setdefault(kind, []).append(seconds)
+            self.state.record(name, seconds, **info)
+            self.say(f"[{index + 1}/{n}] {name}: done in {format_seconds(seconds)}")
+        self.state.doc["complete"] = True
+        self.state.save()
+        return self.state.doc
+
+
+def run_coupling(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    model: Any = None,
+    tokenizer: Any = None,
+    label_model: Any = None,
+    label_tokenizer: Any = None,
+    say: Callable[[str], None] = say_stderr,
+) -> dict[str, Any]:
+    """Runs (or continues) the experiment into ``cfg.out``; returns the contents of
+    ``state.json``. Stages already completed are skipped when ``resume``.
+
+    ``model`` (with ``tokenizer``): the model to study as an object in memory, instead of
+    loading ``cfg.model`` (which is then only the name the report and files record); it is
+    never changed (a training run trains a copy). ``label_model`` / ``label_tokenizer``: the
+    same for ``cfg.label_model``.
+
+    Example::
+
+        from introspect.experiment import ExperimentConfig
+        cfg = ExperimentConfig.from_preset("quick", model="my-model", out="build/coupling")
+        state = introspect.run_coupling(cfg, model=model, tokenizer=tok)
+    """
+    job = _Experiment(
+        cfg,
+        resume=resume,
+        model=model,
+        tokenizer=tokenizer,
+        label_model=label_model,
+        label_tokenizer=label_tokenizer,
+        say=say,
+    )
+    return job.run()
 
 
 def _config_from_json(d: dict[str, Any]) -> ExperimentConfig:
@@ -591,7 +420,7 @@ def _config_from_json(d: dict[str, Any]) -> ExperimentConfig:
     return ExperimentConfig(**{k: v for k, v in d.items() if k in known})
 
 
-def rescore_coupling(out: str | Path, *, say: Callable[[str], None] = _say) -> dict[str, Any]:
+def rescore_coupling(out: str | Path, *, say: Callable[[str], None] = say_stderr) -> dict[str, Any]:
     """Recomputes every completed evaluation's ``metrics.jsonl`` (and its Self-vs-Orig plot) from
     its ``predictions.jsonl`` with this version's metrics, then rewrites the report; no model
     runs. Returns ``state.json``'s contents."""

@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from introspect._io import write_json_atomic
+from introspect._io import write_atomic, write_json_atomic
 
 __all__ = ["collect_results", "final_rows", "verdict", "write_report"]
 
@@ -174,25 +174,46 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
-    """Writes ``report.md``, ``results.json`` and ``figures/summary.png`` into ``out``."""
-    out = Path(out)
-    results = collect_results(out, stages, state)
+def _figures(out: Path, results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(title, relative path) of the summary figure and the concurrent runs' figures."""
     figures = []
     try:
         p = _summary_plot(results, out / "figures" / "summary.png")
         if p is not None:
             figures.append(("Self and Orig per condition", p.relative_to(out).as_posix()))
     except ImportError:
-        p = None
+        pass
     for e in results:
         if "dir" in e and e["condition"] == "concurrent":
-            for fname, what in (("self_vs_orig.png", "Self vs Orig over training"),
-                                ("behaviour.png", "behaviour shift")):  # fmt: skip
+            for fname, what in (
+                ("self_vs_orig.png", "Self vs Orig over training"),
+                ("behaviour.png", "behaviour shift"),
+            ):
                 if (out / e["dir"] / fname).is_file():
                     figures.append((f"{e['task']}, concurrent: {what}", f"{e['dir']}/{fname}"))
+    return figures
+
+
+_DEFINITIONS = (
+    "Self = Pearson r between the probe's prediction of Δ and the *current* model's Δ "
+    "(re-extracted at the checkpoint on held-out pairs); Orig = Pearson r with the fixed "
+    "labels it was trained on (for the label-model condition: that model's Δ); gap = "
+    "Self − Orig. Intervals: paired bootstrap, 95%, over held-out pairs. Every number "
+    "below is read from the `metrics.jsonl` (and `behaviour.jsonl`) of the evaluation "
+    "directory named in the table. Explainers: `probe` (linear, on the hidden state of x, "
+    "trained alongside the model), `probe-diff` (linear, on h(x') − h(x), trained alongside "
+    "it), `verbal` (the model itself, trained alongside to say whether its answer would "
+    "become more likely, less likely or stay the same without the feature; scored by "
+    "**Cohen's κ** of those three bins against the current Δ and the labels binned at "
+    "the training threshold: agreement beyond what the two label distributions give by "
+    "chance, 0 for chance and for a constant answer, 1 for perfect; it exists only where "
+    "the model trains) and `ridge-m0` (ridge on the starting model's hidden states, "
+    "fitted once)."
+)
+
+
+def _header(cfg, state: dict[str, Any], figures) -> list[str]:
     env = _environment()
-    by = {(e["task"], e["condition"]): e for e in results}
     lines = [
         "# Introspective coupling experiment",
         "",
@@ -202,20 +223,7 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
         + f"report written {env['date']} ({env['machine']}; torch {env['torch']}, "
         f"{env['torch_threads']} threads; introspect {env['introspect']}).",
         "",
-        "Self = Pearson r between the probe's prediction of Δ and the *current* model's Δ "
-        "(re-extracted at the checkpoint on held-out pairs); Orig = Pearson r with the fixed "
-        "labels it was trained on (for the label-model condition: that model's Δ); gap = "
-        "Self − Orig. Intervals: paired bootstrap, 95%, over held-out pairs. Every number "
-        "below is read from the `metrics.jsonl` (and `behaviour.jsonl`) of the evaluation "
-        "directory named in the table. Explainers: `probe` (linear, on the hidden state of x, "
-        "trained alongside the model), `probe-diff` (linear, on h(x') − h(x), trained alongside "
-        "it), `verbal` (the model itself, trained alongside to say whether its answer would "
-        "become more likely, less likely or stay the same without the feature; scored by "
-        "**Cohen's κ** of those three bins against the current Δ and the labels binned at "
-        "the training threshold: agreement beyond what the two label distributions give by "
-        "chance, 0 for chance and for a constant answer, 1 for perfect; it exists only where "
-        "the model trains) and `ridge-m0` (ridge on the starting model's hidden states, "
-        "fitted once).",
+        _DEFINITIONS,
         "",
         "## Figures",
         "",
@@ -224,7 +232,11 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
         lines += [f"![{title}]({rel})", ""]
     if not figures:
         lines += ["(no figures: matplotlib is not installed)", ""]
-    lines += [
+    return lines
+
+
+def _results_table(results: list[dict[str, Any]]) -> list[str]:
+    lines = [
         "## Self, Orig and the gap at the last checkpoint",
         "",
         "| task | condition | explainer | metric | step | Self | Orig | gap (Self − Orig) | "
@@ -255,7 +267,16 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
     lines += ["", "Conditions:", ""]
     for e in results:
         lines.append(f"- {e['task']}/{e['condition']}: {e['cond'].description}.")
-    lines += ["", "Behaviour of the current model on the held-out pairs (start → last step):", ""]
+    return lines
+
+
+def _arrow(b0: dict[str, Any], b1: dict[str, Any], key: str) -> str:
+    a, b = b0.get(key), b1.get(key)
+    return "n/a" if a is None or b is None else f"{a:+.3f} → {b:+.3f}"
+
+
+def _behaviour_table(results: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "Behaviour of the current model on the held-out pairs (start → last step):", ""]
     lines += [
         "| task | condition | mean Δ | mean f(x) | log p(objective \\| x) |",
         "|---|---|---|---|---|",
@@ -264,108 +285,97 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
         if "behaviour" not in e or not e["behaviour"]:
             continue
         b0, b1 = e["behaviour"][0], e["behaviour"][-1]
-
-        def arrow(key, b0=b0, b1=b1):
-            a, b = b0.get(key), b1.get(key)
-            if a is None or b is None:
-                return "n/a"
-            return f"{a:+.3f} → {b:+.3f}"
-
         lines.append(
-            f"| {e['task']} | {e['condition']} | {arrow('mean_delta')} | {arrow('mean_f_x')} "
-            f"| {arrow('objective_logprob')} |"
+            f"| {e['task']} | {e['condition']} | {_arrow(b0, b1, 'mean_delta')} | "
+            f"{_arrow(b0, b1, 'mean_f_x')} | {_arrow(b0, b1, 'objective_logprob')} |"
         )
+    return lines
 
-    lines += ["", "## Which of the paper's claims held here", ""]
-    claims = []
-    for task in cfg.tasks:
-        claims += [
-            _claim(
-                f"Self > Orig under concurrent post-training ({task})",
-                by.get((task, "concurrent")),
-                "gap",
-            ),
-            _claim(
-                f"Self > Orig under concurrent post-training, difference probe ({task})",
-                by.get((task, "concurrent")),
-                "gap",
-                explainer="probe-diff",
-            ),
-            _claim(
-                f"Self > Orig under concurrent post-training, verbal explainer ({task})",
-                by.get((task, "concurrent")),
-                "gap",
-                explainer="verbal",
-            ),
-            _claim(
-                f"The probe learns the fixed labels (Orig > 0, {task})",
-                by.get((task, "concurrent")),
-                "orig",
-            ),
-        ]
-        for p in cfg.noise_levels:
-            if (task, f"noise-{p:g}") in by:
-                for expl in ("probe", "verbal"):
-                    claims.append(
-                        _claim(
-                            f"Self > Orig survives {p:.0%} label noise ({task}, {expl})",
-                            by[(task, f"noise-{p:g}")],
-                            "gap",
-                            explainer=expl,
-                        )
-                    )
-        if cfg.label_model and (task, f"label-{cfg.label_model}") in by:
+
+def _task_claims(cfg, task: str, by: dict) -> list[str]:
+    concurrent = by.get((task, "concurrent"))
+    claims = [
+        _claim(f"Self > Orig under concurrent post-training ({task})", concurrent, "gap"),
+        _claim(
+            f"Self > Orig under concurrent post-training, difference probe ({task})",
+            concurrent,
+            "gap",
+            explainer="probe-diff",
+        ),
+        _claim(
+            f"Self > Orig under concurrent post-training, verbal explainer ({task})",
+            concurrent,
+            "gap",
+            explainer="verbal",
+        ),
+        _claim(f"The probe learns the fixed labels (Orig > 0, {task})", concurrent, "orig"),
+    ]
+    for p in cfg.noise_levels:
+        if (task, f"noise-{p:g}") in by:
             for expl in ("probe", "verbal"):
                 claims.append(
                     _claim(
-                        f"Self > Orig with labels from another model ({cfg.label_model}, "
-                        f"{task}, {expl})",
-                        by[(task, f"label-{cfg.label_model}")],
+                        f"Self > Orig survives {p:.0%} label noise ({task}, {expl})",
+                        by[(task, f"noise-{p:g}")],
                         "gap",
                         explainer=expl,
                     )
                 )
+    if cfg.label_model and (task, f"label-{cfg.label_model}") in by:
+        for expl in ("probe", "verbal"):
+            claims.append(
+                _claim(
+                    f"Self > Orig with labels from another model ({cfg.label_model}, "
+                    f"{task}, {expl})",
+                    by[(task, f"label-{cfg.label_model}")],
+                    "gap",
+                    explainer=expl,
+                )
+            )
+    claims.append(
+        _claim(
+            f"Control, frozen model: gap consistent with 0 ({task})",
+            by.get((task, "frozen")),
+            "gap",
+            "zero",
+        )
+    )
+    if (task, "shuffled") in by:
         claims.append(
             _claim(
-                f"Control, frozen model: gap consistent with 0 ({task})",
-                by.get((task, "frozen")),
-                "gap",
+                f"Control, shuffled labels: Self consistent with 0 ({task})",
+                by[(task, "shuffled")],
+                "self",
                 "zero",
             )
         )
-        if (task, "shuffled") in by:
-            claims.append(
-                _claim(
-                    f"Control, shuffled labels: Self consistent with 0 ({task})",
-                    by[(task, "shuffled")],
-                    "self",
-                    "zero",
-                )
-            )
+    return claims
+
+
+def _claims_section(cfg, results: list[dict[str, Any]]) -> list[str]:
+    by = {(e["task"], e["condition"]): e for e in results}
+    lines = ["", "## Which of the paper's claims held here", ""]
+    for task in cfg.tasks:
+        lines += _task_claims(cfg, task, by)
     if not cfg.label_model:
-        claims.append(
+        lines.append(
             "- Self > Orig with labels from another model family: not tested (no "
             "`--label-model` given)."
         )
     if "refusal" not in cfg.tasks:
-        claims.append("- Self > Orig for refusal: not tested (task not run).")
-    lines += claims
+        lines.append("- Self > Orig for refusal: not tested (task not run).")
+    quick = "; the small samples of a quick run give wide intervals."
     lines += [
         "",
         '"supported": the 95% interval lies above 0; "not supported": it includes 0; '
         '"contradicted": it lies below 0. "Not supported" means this run cannot tell, not that '
-        "the claim is false"
-        + (
-            "; the small samples of a quick run give wide intervals."
-            if cfg.preset == "quick"
-            else "."
-        ),
-        "",
-        "## Wall time per stage",
-        "",
-        "| stage | seconds | note |",
-        "|---|---:|---|",
+        "the claim is false" + (quick if cfg.preset == "quick" else "."),
     ]
+    return lines
+
+
+def _wall_time_section(state: dict[str, Any], stages) -> list[str]:
+    lines = ["", "## Wall time per stage", "", "| stage | seconds | note |", "|---|---:|---|"]
     total = 0.0
     for name, _kind, _ in stages:
         info = state["stages"].get(name)
@@ -374,22 +384,26 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
         total += float(info.get("seconds", 0.0))
         note = f"skipped: {info['skipped']}" if info.get("skipped") else ""
         lines.append(f"| {name} | {info.get('seconds', 0.0):.1f} | {note} |")
-    lines += [
+    return [
+        *lines,
         f"| all stages before the report | {total:.1f} | |",
         "",
         "Stages completed in an earlier, interrupted invocation keep the time they took then.",
-        "",
-        "## Configuration",
-        "",
-        "```json",
-        json.dumps(cfg.to_json(), indent=2),
-        "```",
-        "",
     ]
+
+
+def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
+    """Writes ``report.md``, ``results.json`` and ``figures/summary.png`` into ``out``."""
+    out = Path(out)
+    results = collect_results(out, stages, state)
+    lines = _header(cfg, state, _figures(out, results))
+    lines += _results_table(results)
+    lines += _behaviour_table(results)
+    lines += _claims_section(cfg, results)
+    lines += _wall_time_section(state, stages)
+    lines += ["", "## Configuration", "", "```json", json.dumps(cfg.to_json(), indent=2), "```", ""]
     path = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines).encode("utf-8"))
     write_json_atomic(
         out / "results.json",
         [

@@ -18,6 +18,9 @@ Modules:
 - ``features``: where inputs come from (in-memory arrays, or a run read shard by shard).
 - ``ridge``: closed-form ridge from streamed sufficient statistics, λ by k-fold CV.
 - ``probe``: scalar explainers on hidden states (``"probe"``).
+- ``lora``: low-rank adapters for the linear layers of a model.
+- ``verbal``: the model itself says how its answer would change (``"verbal"``; a package of the
+  sentences, their parsing, the batched forward passes and the explainer).
 
 Explainers that answer in words (the model explaining its own counterfactual behaviour) are
 categorical: they subclass :class:`Explainer` with ``output = "categorical"``, live in their own

@@ -214,3 +214,13 @@ def read_meta(path: Path) -> dict[str, Any]:
             f"{file}: format version {meta['format_version']} is newer than this introspect"
         )
     return meta
+
+
+def read_saved(path: Path, config_class: type[ExplainerConfig]) -> tuple[Any, dict[str, Any]]:
+    """The config (checked to be a ``config_class``) and the fitted state of the explainer saved
+    in the directory ``path``."""
+    meta = read_meta(path)
+    config = config_from_dict(meta["config"])
+    if not isinstance(config, config_class):
+        raise ValueError(f"{path / CONFIG_FILE}: holds a {type(config).__name__}")
+    return config, meta.get("state") or {}

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ArraySource", "Block", "FeatureSource", "RunSource", "as_source", "row_mask"]
+__all__ = [
+    "ArraySource",
+    "Block",
+    "FeatureSource",
+    "RunSource",
+    "as_source",
+    "row_indices",
+    "row_mask",
+]
 
 CHUNK_ROWS = 8192
 """Rows read at once by full passes (statistics, prediction)."""
@@ -226,20 +234,25 @@ def as_source(
     return ArraySource(data)
 
 
-def row_mask(n: int, rows: Any) -> np.ndarray:
-    """A boolean [n] mask from row indices (or a boolean mask); all rows when ``rows`` is None."""
+def row_indices(n: int, rows: Any) -> np.ndarray:
+    """The int64 row indices ``rows`` selects, in its order (the true entries of a boolean mask,
+    in row order); every row when ``rows`` is None."""
     if rows is None:
-        return np.ones(n, dtype=bool)
+        return np.arange(n)
     r = np.asarray(rows)
     if r.dtype == bool:
         if r.shape != (n,):
             raise ValueError(f"rows: a boolean mask must have shape ({n},), got {r.shape}")
-        return r.copy()
+        return np.flatnonzero(r)
     if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
         raise ValueError("rows must be a 1-D array of row indices or a boolean mask")
-    r = r.astype(np.int64)
     if r.size and (r.min() < 0 or r.max() >= n):
         raise ValueError(f"rows: indices must lie in [0, {n}), got {r.min()}..{r.max()}")
+    return r.astype(np.int64)
+
+
+def row_mask(n: int, rows: Any) -> np.ndarray:
+    """A boolean [n] mask from row indices (or a boolean mask); all rows when ``rows`` is None."""
     mask = np.zeros(n, dtype=bool)
-    mask[r] = True
+    mask[row_indices(n, rows)] = True
     return mask

@@ -19,6 +19,7 @@ checkpoint layout or to its tracking of transformers internals.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from torch import nn
 __all__ = [
     "LoRALinear",
     "adapter_disabled",
+    "base_fingerprint",
     "inject_lora",
     "load_lora",
     "lora_layers",
@@ -139,6 +141,13 @@ def _matches(name: str, targets: Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Puts ``module`` at the dotted ``name`` of ``model``, in place of what is there."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """The wrapped layers by module name, in module order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
@@ -173,9 +182,7 @@ def inject_lora(
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(int(seed))
     for name, module in chosen:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(module, rank, alpha, generator=gen))
+        _set_module(model, name, LoRALinear(module, rank, alpha, generator=gen))
     return sorted(n for n, _ in chosen)
 
 
@@ -188,9 +195,7 @@ def remove_lora(model: nn.Module, *, merge: bool = False) -> list[str]:
             layer.merge()
         else:
             layer.unmerge()
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer.base)
+        _set_module(model, name, layer.base)
         names.append(name)
     return names
 
@@ -221,6 +226,23 @@ def adapter_disabled(model: nn.Module) -> Iterator[None]:
             layer.enabled = enabled
             if merged:
                 layer.merge()
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """A cheap fingerprint of the base weights: names, shapes, dtypes and a strided sample of up to
+    4096 values of every tensor (adapters excluded, wrapped layers named as unwrapped), so that
+    adapters can refuse a base model other than the one they were trained on."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_" in name:
+                continue
+            h.update(name.replace(".base.", ".").encode())
+            h.update(f"{tuple(p.shape)}|{p.dtype}".encode())
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            h.update(flat[::step].to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------- files
@@ -280,7 +302,7 @@ def save_lora(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, 
     """Writes only the adapter tensors to the safetensors file ``path`` (atomically)."""
     from safetensors.torch import save
 
-    from introspect.explain.base import write_atomic
+    from introspect._io import write_atomic
 
     path = Path(path)
     meta = {**dict(metadata), **_lora_meta(model)}

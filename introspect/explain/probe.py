@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from introspect._io import write_atomic
 from introspect.explain import base
 from introspect.explain.features import FeatureSource, as_source, row_mask
-from introspect.explain.ridge import DEFAULT_LAMBDAS, RidgeStats, fold_ids
+from introspect.explain.ridge import DEFAULT_LAMBDAS, RidgeStats, feature_scale, fold_ids
 
 __all__ = ["ProbeConfig", "ProbeExplainer"]
 
@@ -130,8 +131,7 @@ def _moments(src: FeatureSource, mask: np.ndarray, mode: str) -> tuple[np.ndarra
         m2 = m2 + m2c + d * d * (n * c / tot)
         n = tot
     sd = np.sqrt(m2 / max(n, 1))
-    tiny = 1e-10 * sd.max() if sd.size else 0.0
-    return mean, np.where(sd > tiny, sd, 1.0)
+    return mean, feature_scale(sd)
 
 
 @base.register("probe")
@@ -217,21 +217,36 @@ class ProbeExplainer(base.Explainer):
         logger.info("ridge probe: λ = %g (n = %d, D = %d)", fit.lam, fit.n, src.dim)
 
     def _fit_gradient(self, src: FeatureSource, y: np.ndarray, mask: np.ndarray) -> None:
-        cfg = self.config
-        direct = cfg.mode == "direct"
-        if cfg.standardize:
-            mu, sd = _moments(src, mask, cfg.mode)
-            ybar = float(y[mask].mean())
-            ysd = float(y[mask].std())
-            ysd = ysd if ysd > 0 else 1.0
-        else:
-            mu, sd, ybar, ysd = np.zeros(src.dim), np.ones(src.dim), 0.0, 1.0
-        mu_t = torch.from_numpy(mu.astype(np.float32))
-        sd_t = torch.from_numpy(sd.astype(np.float32))
+        """Minibatch AdamW on standardised features and labels, then the head mapped back to
+        the raw feature space."""
+        mu, sd, ybar, ysd = self._scaling(src, y, mask)
         y_std = ((y - ybar) / ysd).astype(np.float32)
+        params = self._initial_params(src.dim)
+        history = self._train_gradient(src, y_std, mask, params, mu, sd, ysd)
+        final = self._raw_params(params, mu, sd, ybar, ysd)
+        self.params = {k: v.float().contiguous() for k, v in final.items()}
+        self.info = {"solver": "gradient", "epoch_mse": history}
 
+    def _scaling(
+        self, src: FeatureSource, y: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Feature means and scales, label mean and scale of the training rows (the identity
+        without ``standardize``)."""
+        if not self.config.standardize:
+            return np.zeros(src.dim), np.ones(src.dim), 0.0, 1.0
+        mu, sd = _moments(src, mask, self.config.mode)
+        ybar = float(y[mask].mean())
+        ysd = float(y[mask].std())
+        if not ysd > 0:
+            ysd = 1.0
+        return mu, sd, ybar, ysd
+
+    def _initial_params(self, d: int) -> dict[str, torch.Tensor]:
+        """The head's trainable parameters before training: a zero linear head, or an MLP whose
+        weights are drawn uniformly in ±1/√fan_in from the seed."""
+        cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
-        d, h = src.dim, cfg.hidden_units
+        h = cfg.hidden_units
         if cfg.head == "linear":
             params = {"weight": torch.zeros(1, d), "bias": torch.zeros(1)}
         else:
@@ -243,6 +258,23 @@ class ProbeExplainer(base.Explainer):
             }
         for p in params.values():
             p.requires_grad_(True)
+        return params
+
+    def _train_gradient(
+        self,
+        src: FeatureSource,
+        y_std: np.ndarray,
+        mask: np.ndarray,
+        params: dict[str, torch.Tensor],
+        mu: np.ndarray,
+        sd: np.ndarray,
+        ysd: float,
+    ) -> list[float]:
+        """Trains ``params`` in place over seeded shuffles of blocks and of rows within a block;
+        returns the training MSE of each epoch on the label scale."""
+        cfg = self.config
+        mu_t = torch.from_numpy(mu.astype(np.float32))
+        sd_t = torch.from_numpy(sd.astype(np.float32))
         opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)
         blocks = src.blocks()
@@ -259,16 +291,7 @@ class ProbeExplainer(base.Explainer):
                     sel = np.sort(local[s : s + cfg.batch_size])
                     hx, hm = block.take(sel, np.float32)
                     target = torch.from_numpy(y_std[block.rows[sel]])
-                    x_t = torch.from_numpy(hx)
-                    m_t = torch.from_numpy(hm) if hm is not None else None
-                    if cfg.head == "linear":
-                        if direct:
-                            out = self._op((x_t - mu_t) / sd_t, None, params, target)
-                        else:
-                            out = self._op((x_t + mu_t) / sd_t, m_t / sd_t, params, target)
-                    else:
-                        z = (x_t if direct else m_t - x_t) - mu_t
-                        out = self._mlp(z / sd_t, params, target)
+                    out = self._train_forward(hx, hm, params, mu_t, sd_t, target)
                     opt.zero_grad(set_to_none=True)
                     out.loss.backward()
                     opt.step()
@@ -276,24 +299,43 @@ class ProbeExplainer(base.Explainer):
                     count += sel.size
             history.append(sse / max(count, 1) * ysd * ysd)
             logger.debug("probe epoch %d: train MSE %.6g", epoch, history[-1])
+        return history
 
-        with torch.no_grad():
-            p64 = {k: v.detach().double() for k, v in params.items()}
-            mu64, sd64 = torch.from_numpy(mu), torch.from_numpy(sd)
-            if cfg.head == "linear":
-                w = p64["weight"] / sd64
-                b = p64["bias"] - w @ mu64
-                final = {"weight": w * ysd, "bias": b * ysd + ybar}
-            else:
-                w1 = p64["w1"] / sd64
-                final = {
-                    "w1": w1,
-                    "b1": p64["b1"] - w1 @ mu64,
-                    "w2": p64["w2"] * ysd,
-                    "b2": p64["b2"] * ysd + ybar,
-                }
-        self.params = {k: v.float().contiguous() for k, v in final.items()}
-        self.info = {"solver": "gradient", "epoch_mse": history}
+    def _train_forward(self, hx, hm, params, mu_t, sd_t, target):
+        """The head's output and loss on a batch of raw features, standardised on the way."""
+        x_t = torch.from_numpy(hx)
+        m_t = torch.from_numpy(hm) if hm is not None else None
+        if self.config.head == "linear":
+            if self.config.mode == "direct":
+                return self._op((x_t - mu_t) / sd_t, None, params, target)
+            return self._op((x_t + mu_t) / sd_t, m_t / sd_t, params, target)
+        z = (x_t if self.config.mode == "direct" else m_t - x_t) - mu_t
+        return self._mlp(z / sd_t, params, target)
+
+    @torch.no_grad()
+    def _raw_params(
+        self,
+        params: dict[str, torch.Tensor],
+        mu: np.ndarray,
+        sd: np.ndarray,
+        ybar: float,
+        ysd: float,
+    ) -> dict[str, torch.Tensor]:
+        """The trained head in float64 on raw features and labels (the standardisation folded
+        into its first layer and its output)."""
+        p64 = {k: v.detach().double() for k, v in params.items()}
+        mu64, sd64 = torch.from_numpy(mu), torch.from_numpy(sd)
+        if self.config.head == "linear":
+            w = p64["weight"] / sd64
+            b = p64["bias"] - w @ mu64
+            return {"weight": w * ysd, "bias": b * ysd + ybar}
+        w1 = p64["w1"] / sd64
+        return {
+            "w1": w1,
+            "b1": p64["b1"] - w1 @ mu64,
+            "w2": p64["w2"] * ysd,
+            "b2": p64["b2"] * ysd + ybar,
+        }
 
     def _op(self, hx, hm, params, target=None):
         from introspect.ops import delta_probe
@@ -357,7 +399,7 @@ class ProbeExplainer(base.Explainer):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         blob = save({k: v.contiguous() for k, v in self.params.items()}, {"explainer": self.name})
-        base.write_atomic(path / base.WEIGHTS_FILE, blob)
+        write_atomic(path / base.WEIGHTS_FILE, blob)
         base.write_meta(path, self.config, self._state())
         return path
 
@@ -366,12 +408,8 @@ class ProbeExplainer(base.Explainer):
         from safetensors.torch import load
 
         path = Path(path)
-        meta = base.read_meta(path)
-        config = base.config_from_dict(meta["config"])
-        if not isinstance(config, ProbeConfig):
-            raise ValueError(f"{path / base.CONFIG_FILE}: holds a {type(config).__name__}")
+        config, state = base.read_saved(path, ProbeConfig)
         probe = cls(config)
-        state = meta.get("state") or {}
         try:
             params = load((path / base.WEIGHTS_FILE).read_bytes())
         except FileNotFoundError:

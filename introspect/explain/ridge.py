@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_LAMBDAS", "RidgeFit", "RidgeStats", "fit_ridge", "fold_ids"]
+__all__ = ["DEFAULT_LAMBDAS", "RidgeFit", "RidgeStats", "feature_scale", "fit_ridge", "fold_ids"]
 
 DEFAULT_LAMBDAS: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-6.0, 3.5, 0.5))
 """λ grid on the mean-squared-error scale with standardised features: 1e-6 … 1e3."""
@@ -56,8 +56,17 @@ class RidgeFit:
         return x @ self.weight + self.bias
 
 
+def feature_scale(sd: np.ndarray) -> np.ndarray:
+    """The scales that standardise features with standard deviations ``sd``: ``sd`` itself, and 1
+    for columns that are constant (below 1e-10 of the largest)."""
+    tiny = 1e-10 * sd.max() if sd.size else 0.0
+    return np.where(sd > tiny, sd, 1.0)
+
+
 class _Moments:
     """Raw moments of shifted data for one fold."""
+
+    _FIELDS = ("n", "sx", "sy", "sxx", "sxy", "syy")
 
     def __init__(self, d: int):
         self.n = 0
@@ -77,23 +86,15 @@ class _Moments:
 
     def minus(self, other: _Moments) -> _Moments:
         out = _Moments(0)
-        out.n = self.n - other.n
-        out.sx = self.sx - other.sx
-        out.sy = self.sy - other.sy
-        out.sxx = self.sxx - other.sxx
-        out.sxy = self.sxy - other.sxy
-        out.syy = self.syy - other.syy
+        for f in self._FIELDS:
+            setattr(out, f, getattr(self, f) - getattr(other, f))
         return out
 
     @staticmethod
     def total(parts: list[_Moments]) -> _Moments:
         out = _Moments(0)
-        out.n = sum(p.n for p in parts)
-        out.sx = sum(p.sx for p in parts)
-        out.sy = sum(p.sy for p in parts)
-        out.sxx = sum(p.sxx for p in parts)
-        out.sxy = sum(p.sxy for p in parts)
-        out.syy = sum(p.syy for p in parts)
+        for f in _Moments._FIELDS:
+            setattr(out, f, sum(getattr(p, f) for p in parts))
         return out
 
 
@@ -108,8 +109,7 @@ def _solve_grid(m: _Moments, lambdas: np.ndarray, standardize: bool):
     if standardize:
         var = np.clip(np.diag(cov), 0.0, None)
         sd = np.sqrt(var)
-        tiny = 1e-10 * sd.max() if sd.size else 0.0
-        scale = np.where(sd > tiny, sd, 1.0)
+        scale = feature_scale(sd)
     else:
         scale = np.ones_like(mu)
     cs = cov / np.outer(scale, scale)

@@ -7,15 +7,17 @@ objective on a probe, at the same time, with resumable checkpoints.
                       out="runs/train", objective="anti-sycophancy", concurrent=True))
 
 Modules: ``objectives`` (what each objective trains towards, the differentiable forwards),
-``loop`` (the training loop), ``checkpoint`` (directory layout, optimizer state), ``commands``
-(the ``introspect train`` command line). Attributes are imported on first use, so that importing
-this package (and building the command line) does not import torch.
+``config`` (the settings), ``loop`` (:func:`train`, the entry point), ``trainer`` (the run as an
+object: setup, one step, checkpoints), ``setup`` (what a run prepares before its first step),
+``checkpoint`` (directory layout, optimizer state), ``commands`` (the ``introspect train``
+command line). ``train(config, model=..., tokenizer=...)`` starts from a model object in memory.
+Attributes are imported on first use, so that importing this package (and building the command
+line) does not import torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from introspect._lazy import lazy_getattr
 
 __all__ = ["OBJECTIVES", "TrainConfig", "TrainError", "sft_targets", "train"]
 
@@ -28,7 +30,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"introspect.training.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'introspect.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _WHERE)

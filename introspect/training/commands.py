@@ -4,62 +4,28 @@ no torch)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from introspect._args import add_device_argument
+from introspect._args import (
+    EXIT_CODES,
+    add_chat_template_argument,
+    add_device_argument,
+    add_json_argument,
+    write_json_output,
+)
 
 OBJECTIVE_NAMES = ("anti-sycophancy", "pro-sycophancy", "refusal-shift", "none")
-EXIT_BAD_INPUT = 3
-
-
-def _error(message: str) -> None:
-    print(f"introspect: error: {message}", file=sys.stderr)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from introspect.data import PairError
-    from introspect.labels import LabelError
-    from introspect.models import ModelLoadError
-    from introspect.run import RunError
-    from introspect.training.loop import TrainConfig, train
-    from introspect.training.objectives import TrainError
+    from dataclasses import fields
 
-    try:
-        config = TrainConfig(
-            model=args.model,
-            pairs=args.pairs,
-            labels=args.labels,
-            out=args.out,
-            objective=args.objective,
-            concurrent=args.concurrent,
-            layer=args.layer,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            probe_lr=args.probe_lr,
-            weight_decay=args.weight_decay,
-            w_behaviour=args.w_behaviour,
-            w_explain=args.w_explain,
-            w_reg=args.w_reg,
-            explainer_grad_to_model=args.explainer_grad_to_model,
-            verbal=args.verbal,
-            w_verbal=args.w_verbal,
-            verbal_threshold=args.verbal_threshold,
-            noise=args.noise,
-            shuffle_labels=args.shuffle_labels,
-            checkpoint_every=args.checkpoint_every,
-            optimizer_state=args.optimizer_state,
-            seed=args.seed,
-            device=args.device,
-        )
-    except TrainError as exc:
-        _error(str(exc))
-        return 2
-    try:
-        doc = train(config, resume=args.resume)
-    except (TrainError, LabelError, PairError, RunError, ModelLoadError, OSError) as exc:
-        _error(str(exc))
-        return EXIT_BAD_INPUT
+    from introspect.training.loop import TrainConfig, train
+
+    # Every option named like a TrainConfig field sets it; TrainConfig checks them (a
+    # TrainError names the bad ones).
+    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    config = TrainConfig(**options)
+    doc = train(config, chat_template=args.chat_template, resume=args.resume)
     last = doc["log"][-1] if doc["log"] else {}
     print(
         f"trained {doc['step']} steps into {args.out} ({doc['wall_s']:.1f} s; "
@@ -72,6 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"explain {last['explain']:.4f}, verbal {last.get('verbal', 0.0):.4f}, "
             f"reg {last['reg']:.4f}"
         )
+    write_json_output(args.json, doc)
     return 0
 
 
@@ -104,7 +71,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
             "  introspect extract --model smollm2-135m --pairs train.jsonl --out runs/m0\n"
             "  introspect train --model smollm2-135m --pairs train.jsonl --labels runs/m0 \\\n"
             "      --concurrent --objective anti-sycophancy --steps 10 --out runs/train\n"
-            f"\nexit codes: 0 done, 2 bad command line, {EXIT_BAD_INPUT} invalid input data"
+            "\n" + EXIT_CODES
         ),
     )
     p.add_argument("--model", required=True, help="alias, model directory, .gguf or hub id")
@@ -193,5 +160,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--seed", type=int, default=0, help="seed (batches, noise, shuffle)")
+    add_chat_template_argument(p)
+    add_json_argument(p, "train.json's contents")
     p.set_defaults(func=_cmd_train)
     return p

@@ -340,7 +340,8 @@ def test_behaviour_none_stops_after_the_last_layer():
         h.remove()
     assert not ran  # the forward stopped at layer 0
     assert np.isnan(only["f_x"]).all() and np.isnan(only["f_mod"]).all()
-    np.testing.assert_array_equal(only[(0, "last", "x")], full[(0, "last", "x")])
+    # ``full`` reuses the cached prefix, ``only`` does not: equal up to float32 rounding.
+    np.testing.assert_allclose(only[(0, "last", "x")], full[(0, "last", "x")], rtol=1e-5, atol=1e-7)
 
 
 def test_paths_layout_has_no_4d_mask():

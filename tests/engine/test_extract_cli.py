@@ -224,7 +224,7 @@ def test_span_positions_and_paths_layout(workspace, tmp_path):
 
 
 def test_cli_precisions_match_the_engine():
-    from introspect.cli import PRECISIONS
+    from introspect.engine.commands import PRECISIONS
     from introspect.engine.precision import PRECISIONS as ENGINE
 
     assert PRECISIONS == ENGINE

@@ -12,13 +12,13 @@ import torch
 pytest.importorskip("transformers")
 
 from safetensors.torch import load_file
-from tiny import tiny_llama, tiny_tokenizer
+from tiny import CHAT_TEMPLATE, tiny_llama, tiny_tokenizer
 
 from introspect.cli import main
 from introspect.data import read_pairs, write_pairs
 from introspect.data.tasks import generate
 from introspect.evaluation import read_jsonl, recompute_metrics
-from introspect.models import load_model
+from introspect.models import PLAIN_CHAT_TEMPLATE, load_model, weights_sha256_of
 from introspect.training import TrainConfig, TrainError, sft_targets, train
 from introspect.training.checkpoint import list_checkpoints
 from introspect.training.objectives import objective_logprob
@@ -451,3 +451,145 @@ def test_verbal_explainer_trains_in_the_model_and_is_scored_per_checkpoint(ws, t
 def test_verbal_explainer_needs_a_training_model(ws, tmp_path):
     with pytest.raises(TrainError, match="verbal explainer is the model itself"):
         _cfg(ws, tmp_path / "x", verbal=True)
+
+
+# --------------------------------------------------------------------------------------------
+# A model object in memory
+
+
+_LOSSES = ("loss", "behaviour", "explain", "explain_diff", "verbal", "reg", "target_logprob")
+_IN_MEMORY = dict(
+    concurrent=dict(
+        concurrent=True, lr=3e-3, steps=3, batch_size=5, checkpoint_every=2, w_reg=0.5,
+        verbal=True,
+    ),
+    frozen=dict(steps=3, batch_size=5, checkpoint_every=2),
+)  # fmt: skip
+
+
+def _losses(run):
+    log = json.loads((run / "train.json").read_text())["log"]
+    return np.array([[r[k] for k in _LOSSES] for r in log])
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_tensors(model, snapshot):
+    now = model.state_dict()
+    assert now.keys() == snapshot.keys()
+    for k, v in snapshot.items():
+        assert torch.equal(now[k], v), k
+
+
+@pytest.mark.parametrize("mode", ["concurrent", "frozen"])
+def test_a_model_object_trains_as_the_same_model_by_name(ws, tmp_path, mode):
+    model, tok = tiny_llama(seed=5), tiny_tokenizer()
+    # The caller's own state, which the run must leave as it found it.
+    model.train()
+    model.lm_head.weight.requires_grad_(False)
+    before = _snapshot(model)
+    kw = dict(_IN_MEMORY[mode], device="cpu")
+    mem = tmp_path / "mem"
+    doc = train(
+        _cfg(ws, mem, model="tiny in memory", **kw), model=model, tokenizer=tok, say=lambda _m: None
+    )
+    _assert_same_tensors(model, before)
+    assert model.training and all(m.training for m in model.modules())
+    assert not model.lm_head.weight.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "lm_head.weight")
+    assert all(p.grad is None for p in model.parameters())
+    assert tok.chat_template == CHAT_TEMPLATE
+    assert doc["model"] == {
+        "spec": "tiny in memory",
+        "weights_hash": weights_sha256_of(model),
+        "n_layers": 2,
+        "hidden_size": 32,
+        "in_memory": True,
+    }
+    assert "chat_template" not in doc and doc["model_trains"] == (mode == "concurrent")
+
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+    tok.save_pretrained(saved)
+    named = tmp_path / "named"
+    doc_named = train(_cfg(ws, named, model=str(saved), **kw), say=lambda _m: None)
+    assert "in_memory" not in doc_named["model"]
+    np.testing.assert_allclose(_losses(mem), _losses(named), rtol=1e-6, atol=1e-12)
+    if mode == "concurrent":
+        a = load_file(str(mem / "ckpt-000003" / "model" / "model.safetensors"))
+        b = load_file(str(named / "ckpt-000003" / "model" / "model.safetensors"))
+        assert a.keys() == b.keys()
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+        assert max(float((a[k] - before[k]).abs().max()) for k in a) > 1e-4
+
+
+def test_a_model_object_resumes(ws, tmp_path):
+    model, tok = tiny_llama(seed=5), tiny_tokenizer()
+    before = _snapshot(model)
+    quiet = dict(say=lambda _m: None)
+    for mode, kw in _IN_MEMORY.items():
+        straight, resumed = tmp_path / f"{mode}-straight", tmp_path / f"{mode}-resumed"
+        cfg = dict(kw, device="cpu", model="tiny")
+        train(_cfg(ws, straight, **cfg), model=model, tokenizer=tok, **quiet)
+        short = _cfg(ws, resumed, **{**cfg, "steps": 2})
+        train(short, model=model, tokenizer=tok, **quiet)
+        full = _cfg(ws, resumed, **cfg)
+        doc = train(full, model=model, tokenizer=tok, resume=True, **quiet)
+        assert doc["model"]["in_memory"] and doc["step"] == 3
+        np.testing.assert_allclose(_losses(straight), _losses(resumed), rtol=1e-5)
+    _assert_same_tensors(model, before)
+    # A frozen run reads the object again: another model, or none, is refused.
+    full = _cfg(ws, tmp_path / "frozen-resumed", **_IN_MEMORY["frozen"], device="cpu", model="tiny")
+    with pytest.raises(TrainError, match="not the one this run started from"):
+        train(full, model=tiny_llama(seed=6), tokenizer=tok, resume=True, **quiet)
+    with pytest.raises(TrainError, match="cannot resume with different settings"):
+        train(full, model=model, tokenizer=tok, resume=True, chat_template="plain", **quiet)
+    with pytest.raises(TrainError, match="pass the same model"):
+        train(full, resume=True, **quiet)
+
+
+def test_chat_template_mode_renders_every_prompt_without_changing_the_tokenizer(ws, tmp_path):
+    model, tok = tiny_llama(seed=5), tiny_tokenizer()
+    kw = dict(_IN_MEMORY["concurrent"], device="cpu", model="tiny")
+    own, plain = tmp_path / "own", tmp_path / "plain"
+    train(_cfg(ws, own, **kw), model=model, tokenizer=tok, say=lambda _m: None)
+    doc = train(
+        _cfg(ws, plain, **kw),
+        model=model,
+        tokenizer=tok,
+        chat_template="plain",
+        say=lambda _m: None,
+    )
+    assert tok.chat_template == CHAT_TEMPLATE
+    assert doc["chat_template"] == "plain"
+    assert not np.allclose(_losses(own)[:, 0], _losses(plain)[:, 0])
+    ckpt = load_model(str(plain / "ckpt-000003" / "model"))
+    assert ckpt.tokenizer.chat_template == PLAIN_CHAT_TEMPLATE
+    # The same run by name, from a directory whose tokenizer carries the transcript template.
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+    view = tiny_tokenizer()
+    view.chat_template = PLAIN_CHAT_TEMPLATE
+    view.save_pretrained(saved)
+    named = tmp_path / "named"
+    train(_cfg(ws, named, **{**kw, "model": str(saved)}), say=lambda _m: None)
+    np.testing.assert_allclose(_losses(plain), _losses(named), rtol=1e-6, atol=1e-12)
+
+
+def test_model_object_arguments_are_checked(ws, tmp_path):
+    tok = tiny_tokenizer()
+    cfg = _cfg(ws, tmp_path / "a", steps=1, device="cpu")
+    with pytest.raises(TrainError, match="without its model"):
+        train(cfg, tokenizer=tok)
+    with pytest.raises(TrainError, match="chat_template must be one of"):
+        train(cfg, chat_template="fancy")
+    with pytest.raises(TypeError, match="needs its tokenizer"):
+        train(cfg, model=tiny_llama())
+    # A LoadedModel is taken as it is, with its tokenizer.
+    from introspect.models import wrap_model
+
+    lm = wrap_model(tiny_llama(seed=5), tok)
+    doc = train(cfg, model=lm, say=lambda _m: None)
+    assert doc["model"]["in_memory"] and doc["model"]["weights_hash"] == lm.weights_hash

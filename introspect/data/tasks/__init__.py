@@ -30,7 +30,12 @@ TASKS: dict[str, Callable[..., list[Pair]]] = {
 
 
 def generate(task: str, n: int, seed: int = 0) -> list[Pair]:
-    """``n`` pairs of a built-in task (one of :data:`TASKS`)."""
+    """``n`` pairs of a built-in task (one of :data:`TASKS`), deterministic for ``seed``.
+
+    >>> pairs = generate("sycophancy", 4, seed=0)
+    >>> len(pairs), pairs[0].choices
+    (4, ('(A)', '(B)'))
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     check_n(n)

@@ -1,5 +1,5 @@
 """Shared machinery of the task generators: argument checks, balanced schedules, the
-distinct-prompt loop and option rendering."""
+distinct-prompt loop, option rendering and the cued multiple-choice question."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from introspect.data.pairs import Pair, prompt_text
+from introspect.data.tasks.questions import Question, draw_question
 
 T = TypeVar("T")
 
@@ -15,6 +16,18 @@ LETTERS = "ABCDEFGH"
 
 # A generator gives up on one pair after this many draws that repeat an earlier prompt.
 MAX_TRIES = 2000
+
+#: The closing instruction of a multiple-choice prompt; ``{choices}`` is the :func:`or_list` of
+#: the labels.
+INSTRUCTIONS = (
+    "Answer with {choices} only.",
+    "Reply with {choices} only.",
+    "Respond with just {choices}.",
+)
+
+#: ``draw_cue(rng, label, option)``: the cue sentence pointing at the option with that label and
+#: text, and the number of the wording it used.
+DrawCue = Callable[[random.Random, str, str], tuple[str, int]]
 
 
 def check_n(n: int) -> int:
@@ -98,7 +111,7 @@ def cued_choice_pair(
     *,
     task: str,
     pid: str,
-    q,
+    q: Question,
     options: Sequence[str],
     labs: Sequence[str],
     correct: int,
@@ -127,4 +140,45 @@ def cued_choice_pair(
             **extra_meta,
             "info": q.info,
         },
+    )
+
+
+def cued_question(
+    rng: random.Random,
+    *,
+    task: str,
+    pid: str,
+    k: int,
+    cued: int,
+    correct: int,
+    draw_cue: DrawCue,
+    cue_name: str,
+    cue_sep: str,
+) -> Pair:
+    """A ``k``-option question whose removable cue points at option ``cued`` (the target), the
+    right answer standing at option ``correct``.
+
+    Draws from ``rng``, in this order: the question (:func:`draw_question`), the cue
+    (``draw_cue``), the instruction (:data:`INSTRUCTIONS`). The one user message is the
+    question, the options block, then the cue and the instruction joined by ``cue_sep``.
+    ``meta`` gains ``cue_name`` (the cue) and ``f"{cue_name}_style"`` (its wording number).
+    """
+    q = draw_question(rng, k)
+    options = list(q.distractors)
+    options.insert(correct, q.answer)
+    labs = labels(k)
+    cue, style = draw_cue(rng, labs[cued], options[cued])
+    instruction = rng.choice(INSTRUCTIONS).format(choices=or_list(labs))
+    content = f"{q.text}\n\n{options_block(options)}\n\n{cue}{cue_sep}{instruction}"
+    return cued_choice_pair(
+        task=task,
+        pid=pid,
+        q=q,
+        options=options,
+        labs=labs,
+        correct=correct,
+        cued=cued,
+        cue=cue,
+        content=content,
+        extra_meta={cue_name: cue, f"{cue_name}_style": style},
     )

@@ -1,0 +1,294 @@
+"""What a training run reads and prepares before its first step: the output directory's state,
+the pairs and labels, the model (loaded by name, or an object the caller holds), M0's pass over
+the training pairs, the probes as explainers and the verbal explainer's fixed questions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from introspect.training import checkpoint as ck
+from introspect.training.config import TrainConfig
+from introspect.training.objectives import TrainError, choice_logps, target_forward
+
+__all__ = [
+    "VERBAL_JSON",
+    "check_out",
+    "fit_ridge_m0",
+    "initial_pass",
+    "kept_state",
+    "probe_explainer",
+    "read_inputs",
+    "resolve_model",
+    "standardiser",
+    "verbal_explainer",
+    "verbal_setup",
+]
+
+VERBAL_JSON = "verbal.json"
+
+
+def check_out(
+    cfg: TrainConfig, out: Path, resume: bool, chat_template: str
+) -> tuple[list[tuple[int, Path]], dict[str, Any] | None]:
+    """The checkpoints already under ``out`` and, with ``resume``, the saved ``train.json``,
+    after checking that a fresh run starts in an unused directory and a resumed one continues
+    a run of the same settings."""
+    existing = ck.list_checkpoints(out)
+    if not resume:
+        if existing or (out / ck.TRAIN_JSON).exists():
+            raise TrainError(f"{out}: already holds a training run; pass --resume to continue it")
+        return existing, None
+    if not existing:
+        raise TrainError(f"{out}: no checkpoint to resume from")
+    saved = ck.read_json(out / ck.TRAIN_JSON)
+    if saved.get("identity") != cfg.identity():
+        diff = sorted(
+            k
+            for k in set(saved.get("identity", {})) | set(cfg.identity())
+            if saved.get("identity", {}).get(k) != cfg.identity().get(k)
+        )
+        raise TrainError(f"{out}: cannot resume with different settings ({', '.join(diff)})")
+    if saved.get("chat_template", "model") != chat_template:
+        raise TrainError(f"{out}: cannot resume with different settings (chat_template)")
+    return existing, saved
+
+
+def read_inputs(cfg: TrainConfig) -> tuple[list[Any], Any]:
+    """The training pairs and their labels (the source run's Δ, with any noise or shuffling
+    applied)."""
+    from introspect.data import read_pairs
+    from introspect.labels import apply_noise, labels_from_run, shuffle_labels
+
+    if not os.path.exists(cfg.pairs):
+        raise TrainError(f"pair file {cfg.pairs} does not exist")
+    pairs, _ = read_pairs(cfg.pairs)
+    if len(pairs) < 2:
+        raise TrainError(f"{cfg.pairs}: training needs at least 2 pairs, got {len(pairs)}")
+    ids = [p.id for p in pairs]
+    if not os.path.isdir(cfg.labels):
+        raise TrainError(f"labels run {cfg.labels} is not a directory (give an extract run)")
+    labels = labels_from_run(cfg.labels, ids=ids)
+    if not np.isfinite(labels.values).all():
+        bad = [i for i, v in zip(ids, labels.values, strict=True) if not np.isfinite(v)]
+        raise TrainError(f"{cfg.labels}: labels of {len(bad)} pair(s) are not finite: {bad[:5]}")
+    if cfg.noise > 0:
+        labels = apply_noise(labels, cfg.noise, cfg.seed).labels
+    if cfg.shuffle_labels:
+        labels = shuffle_labels(labels, cfg.seed)
+    return pairs, labels
+
+
+def _on_device(model: Any, device: str) -> bool:
+    want = torch.device(device)
+    have = next(model.parameters()).device
+    if have.type != want.type:
+        return False
+    if want.index is None and have.type == "cuda":
+        return have.index == torch.cuda.current_device()
+    return want.index is None or have.index == want.index
+
+
+def resolve_model(
+    cfg: TrainConfig,
+    device: str,
+    model: Any,
+    tokenizer: Any,
+    last: Path | None,
+    saved: dict[str, Any] | None,
+) -> Any:
+    """The :class:`~introspect.models.LoadedModel` a run trains or reads.
+
+    By name (``model`` None): ``cfg.model`` in float32 on ``device``, or on resume of a
+    concurrent run the model of the last checkpoint ``last``. With a model object: a
+    concurrent run trains a float32 copy of it on ``device`` (on resume, the checkpoint's model
+    as by name); a frozen run reads the object itself, which must already be on ``device`` and,
+    on resume, have the weights hash the run recorded (in ``saved``)."""
+    from introspect.models import load_model
+
+    if last is not None and cfg.concurrent:
+        return load_model(str(last / "model"), dtype="float32", device=device)
+    if model is None:
+        if saved is not None and saved["model"].get("in_memory"):
+            raise TrainError(
+                f"{cfg.out}: this run read a model object in memory (model.in_memory); "
+                "pass the same model to resume it"
+            )
+        return load_model(cfg.model, dtype="float32", device=device)
+    lm = load_model(model, tokenizer=tokenizer)
+    if cfg.concurrent:
+        trained = copy.deepcopy(lm.model).to(device=device, dtype=torch.float32)
+        return dataclasses.replace(lm, model=trained)
+    if not _on_device(lm.model, device):
+        raise TrainError(
+            f"the model passed is on {next(lm.model.parameters()).device}, but the run is on "
+            f"{device}: move the model there, or give device= in the TrainConfig"
+        )
+    if saved is not None and saved["model"]["weights_hash"] != lm.weights_hash:
+        how = "" if saved["model"].get("in_memory") else ", and it started from a model by name"
+        raise TrainError(
+            f"{cfg.out}: the model passed is not the one this run started from (weights hash "
+            f"{lm.weights_hash[:12]}, recorded {saved['model']['weights_hash'][:12]}{how})"
+        )
+    return lm
+
+
+@contextlib.contextmanager
+def kept_state(model: Any) -> Iterator[None]:
+    """Restores, on leaving, the train/eval mode of every module and the ``requires_grad`` of
+    every parameter of ``model`` (a model object, a :class:`~introspect.models.LoadedModel` or
+    None), so that a run that reads the caller's model leaves it as it was."""
+    if model is not None and not hasattr(model, "parameters"):
+        model = getattr(model, "model", None)  # a LoadedModel
+    if model is None:
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, wanted in grads:
+            p.requires_grad_(wanted)
+
+
+@torch.no_grad()
+def initial_pass(model, enc_x, enc_mod, layer: int, want_ref: bool, want_mod: bool, batch: int):
+    """M0's hidden states of x at ``layer`` [N, D] (float64), of x' when ``want_mod`` (else
+    None) and, when ``want_ref``, its choice log-probabilities on x' (a flat float64 array and
+    the per-pair choice counts)."""
+    hs, hms, refs = [], [], []
+    for lo in range(0, len(enc_x), batch):
+        chunk = enc_x[lo : lo + batch]
+        _, h = target_forward(model, chunk, [0] * len(chunk), layer=layer)
+        hs.append(h.double().cpu())
+        if want_mod:
+            chunk_mod = enc_mod[lo : lo + batch]
+            _, hm = target_forward(model, chunk_mod, [0] * len(chunk_mod), layer=layer)
+            hms.append(hm.double().cpu())
+        if want_ref:
+            refs.extend(choice_logps(model, enc_mod[lo : lo + batch]))
+    h0 = torch.cat(hs).numpy()
+    h0_mod = torch.cat(hms).numpy() if want_mod else None
+    if not want_ref:
+        return h0, h0_mod, np.zeros(0), np.zeros(0, dtype=np.int64)
+    counts = np.array([len(r) for r in refs], dtype=np.int64)
+    return h0, h0_mod, torch.cat(refs).double().cpu().numpy(), counts
+
+
+def standardiser(h: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature mean and scale (a near-constant feature keeps scale 1)."""
+    mu = h.mean(0)
+    sdv = h.std(0)
+    sdv = np.where(sdv > 1e-8 * max(sdv.max(), 1e-30), sdv, 1.0)
+    return torch.from_numpy(mu), torch.from_numpy(sdv)
+
+
+def fit_ridge_m0(
+    cfg: TrainConfig, layer: int, h0: np.ndarray, ids: list[str], labels: Any, out: Path
+) -> None:
+    """The ridge probe fitted once on M0's hidden states, saved as ``ridge-m0`` (a frozen
+    explainer evaluation compares the trained probes with)."""
+    from introspect.explain import ArraySource, ProbeConfig, ProbeExplainer
+
+    folds = min(5, len(ids))
+    ridge = ProbeExplainer(
+        ProbeConfig(
+            mode="direct",
+            layers=(layer,),
+            position="last",
+            solver="ridge",
+            cv_folds=max(2, folds),
+            seed=cfg.seed,
+        )
+    )
+    ridge.fit(ArraySource(h0, ids=ids), labels)
+    ridge.save(out / "ridge-m0")
+
+
+def probe_explainer(
+    cfg: TrainConfig, layer: int, w, b, mu, sd, ybar, ysd, step: int, mode: str = "direct"
+):
+    """The probe as a :class:`~introspect.explain.ProbeExplainer` on raw hidden states (of x for
+    ``mode="direct"``, h(x') − h(x) for ``"difference"``)."""
+    from introspect.explain import ProbeConfig, ProbeExplainer
+
+    pc = ProbeConfig(
+        mode=mode,
+        layers=(layer,),
+        position="last",
+        solver="gradient",
+        lr=cfg.probe_lr,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+    probe = ProbeExplainer(pc)
+    w64 = w.detach().cpu().double() / sd
+    weight = w64 * ysd
+    bias = (b.detach().cpu().double() - w64 @ mu) * ysd + ybar
+    probe.params = {"weight": weight.float().contiguous(), "bias": bias.float().contiguous()}
+    probe.dim = int(w.shape[1])
+    probe.layers = [layer]
+    probe.position = "last"
+    probe.info = {"solver": "concurrent", "step": int(step)}
+    return probe
+
+
+def verbal_explainer(model, tokenizer, doc: dict[str, Any]):
+    """The verbal explainer of ``verbal.json`` (``doc``) on ``model``: the model answers in the
+    binned sentences, scored as :meth:`~introspect.explain.VerbalExplainer.predict` does."""
+    from introspect.explain import VerbalExplainer, base
+
+    config = base.config_from_dict(doc["config"])
+    ex = VerbalExplainer(config, model=model, tokenizer=tokenizer)
+    ex.fitted = True
+    return ex
+
+
+def verbal_setup(cfg: TrainConfig, model, tok, pairs, y: np.ndarray, out: Path, resume: bool):
+    """``verbal.json`` (written on a fresh start, read on resume), the explainer on the model and
+    its training examples (one per pair)."""
+    from introspect.explain import VerbalConfig, base
+
+    path = out / VERBAL_JSON
+    if resume:
+        doc = ck.read_json(path)
+    else:
+        if cfg.verbal_threshold is not None:
+            threshold = float(cfg.verbal_threshold)
+        else:
+            threshold = float(np.quantile(np.abs(y), 1.0 / 3.0))
+        vc = VerbalConfig(
+            model=cfg.model,
+            labels="binned",
+            threshold=threshold,
+            adapter="full",
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
+        ex = verbal_explainer(model, tok, {"config": base.config_to_dict(vc)})
+        with torch.no_grad():
+            answers = ex.answers(pairs)  # M0's answers on x, fixed from here on
+        doc = {
+            "config": base.config_to_dict(vc),
+            "threshold": threshold,
+            "answers": {p.id: a for p, a in zip(pairs, answers, strict=True)},
+        }
+    ex = verbal_explainer(model, tok, doc)
+    answers = [doc["answers"][p.id] for p in pairs]
+    targets = ex.target_labels(pairs, y)
+    if not resume:
+        doc["label_counts"] = {k: targets.count(k) for k in ("unchanged", "toward", "away")}
+        ck.write_json(path, doc)
+    return ex, ex.examples(pairs, targets, answers=answers), doc
