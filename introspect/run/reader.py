@@ -315,6 +315,9 @@ def open_run(path: str | os.PathLike, *, verify: bool = True) -> Run:
     (and a logged warning) exposing the rows written so far. A multi-rank run whose parts are all
     complete but not yet merged is merged here (``manifest.json`` is written when the directory
     is writable).
+
+    >>> run = open_run("build/run")  # doctest: +SKIP
+    >>> run.ids[:2], run.delta[:2], run.hidden(15, "x").shape  # doctest: +SKIP
     """
     path = Path(path)
     if not path.is_dir():
