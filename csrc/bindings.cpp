@@ -58,20 +58,8 @@ py::dict build_info() {
   return info;
 }
 
-#ifdef INTROSPECT_WITH_CUDA
-void check_cuda(const char* error, const char* what) {
-  if (error != nullptr) throw std::runtime_error(std::string(what) + ": " + error);
-}
-#endif
-
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "introspect native kernels (framework-free C++ and CUDA)";
-  m.attr("__version__") = INTROSPECT_VERSION;
-  m.attr("ABI_VERSION") = introspect::kAbiVersion;
-  m.def("build_info", &build_info, "What this extension was built with.");
-
+// The CPU kernels: delta_probe_{fwd,bwd}_cpu and pearson_partials_cpu.
+void bind_cpu(py::module_& m) {
   m.def(
       "delta_probe_fwd_cpu",
       [](int dtype, uintptr_t hx, int64_t sx, uintptr_t hm, int64_t sm, uintptr_t w, uintptr_t b,
@@ -108,8 +96,16 @@ PYBIND11_MODULE(_C, m) {
                                           threads);
       },
       py::call_guard<py::gil_scoped_release>());
+}
 
 #ifdef INTROSPECT_WITH_CUDA
+void check_cuda(const char* error, const char* what) {
+  if (error != nullptr) throw std::runtime_error(std::string(what) + ": " + error);
+}
+
+// The CUDA kernels (host entry points taking device addresses and a stream) and their scratch
+// sizes.
+void bind_cuda(py::module_& m) {
   m.def("delta_probe_fwd_cuda_scratch_bytes", &introspect::cuda::delta_probe_fwd_scratch_bytes);
   m.def("delta_probe_bwd_cuda_scratch_bytes", &introspect::cuda::delta_probe_bwd_scratch_bytes);
   m.def(
@@ -156,5 +152,18 @@ PYBIND11_MODULE(_C, m) {
                    "choice_logprobs (CUDA)");
       },
       py::call_guard<py::gil_scoped_release>());
+}
+#endif
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "introspect native kernels (framework-free C++ and CUDA)";
+  m.attr("__version__") = INTROSPECT_VERSION;
+  m.attr("ABI_VERSION") = introspect::kAbiVersion;
+  m.def("build_info", &build_info, "What this extension was built with.");
+  bind_cpu(m);
+#ifdef INTROSPECT_WITH_CUDA
+  bind_cuda(m);
 #endif
 }

@@ -34,10 +34,18 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <cstdio>
+
+#include "cuda_launch.cuh"
+#include "cuda_tiles.cuh"
 
 namespace introspect {
 namespace {
+
+using cuda::accumulate_chunk;
+using cuda::align_up;
+using cuda::ceil_div;
+using cuda::check_launch;
+using cuda::zero_tile;
 
 constexpr int kThreads = 256;  // threads per block in both kernels
 constexpr int kGroup = 16;     // pass 1: threads per row group and per column group
@@ -49,7 +57,6 @@ constexpr int kWarp = 32;
 constexpr int kPickRows = kThreads / kWarp;  // pass 2: rows per block (one warp each)
 constexpr int64_t kTargetBlocks = 1024;      // pass 1 blocks aimed for (before clamping)
 constexpr int64_t kMaxSplits = 65535;        // gridDim.y limit
-constexpr int64_t kScratchAlign = 256;
 constexpr unsigned kFullMask = 0xffffffffu;
 
 static_assert(kGroup * kGroup == kThreads, "pass 1 runs 16 x 16 threads");
@@ -87,6 +94,53 @@ __device__ __forceinline__ float cap_logit(float x, float softcap) {
 
 // ---------------------------------------------------------------------------------------------
 // Pass 1: per (row, split) running pairs of the logits of the split's vocabulary tiles.
+
+// dst[k][r] = src[row0 + r, k0 + k] in float32 for r < ROWS, k < kTileK, 0 outside
+// [0, rows) x [0, D): the chunk transposed, so the operands of one k are one row of dst. A warp
+// reads 32 consecutive elements of one row of src.
+template <int ROWS, int LD, typename T>
+__device__ __forceinline__ void stage_chunk(float (&dst)[kTileK][LD], const T* __restrict__ src,
+                                            int64_t stride, int64_t rows, int64_t row0,
+                                            int64_t D, int64_t k0, int tid) {
+#pragma unroll
+  for (int e = tid; e < ROWS * kTileK; e += kThreads) {
+    const int r = e / kTileK;
+    const int k = e % kTileK;
+    const int64_t n = row0 + r;
+    const int64_t d = k0 + k;
+    dst[k][r] = (n < rows && d < D) ? to_f32(src[n * stride + d]) : 0.0f;
+  }
+}
+
+// Folds this thread's 4 logits of each of its rows (columns v0 + tx + 16 j of the tile, after
+// bias and soft-cap; columns past V take no part) into the row's running pair.
+__device__ __forceinline__ void fold_tile(Running (&run)[kPer], const float (&total)[kPer][kPer],
+                                          const float* __restrict__ bias, int64_t v0, int64_t V,
+                                          float softcap, int tx) {
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    float x[kPer];
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int64_t v = v0 + tx + kGroup * j;
+      float value = -INFINITY;  // columns past V take no part
+      if (v < V) {
+        value = total[i][j];
+        if (bias != nullptr) value += bias[v];
+        value = cap_logit(value, softcap);
+      }
+      x[j] = value;
+      tile_max = fmaxf(tile_max, value);
+    }
+    const float sh_t = shift_of(tile_max);
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) sum += expf(x[j] - sh_t);
+    run[i] = merge(run[i], Running{tile_max, sum});
+  }
+}
+
 template <typename TH, typename TW>
 __global__ void __launch_bounds__(kThreads)
     lse_partial_kernel(const TH* __restrict__ h, int64_t sh, const TW* __restrict__ w,
@@ -111,81 +165,19 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t tile = blockIdx.y; tile < num_tiles; tile += gridDim.y) {
     const int64_t v0 = tile * kTileV;
     float total[kPer][kPer];
-#pragma unroll
-    for (int i = 0; i < kPer; ++i)
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) total[i][j] = 0.0f;
+    zero_tile(total);
 
     for (int64_t k0 = 0; k0 < D; k0 += kTileK) {
-      // Stage h[row0 : row0+64, k0 : k0+32] and w[v0 : v0+64, k0 : k0+32] in float32; a warp
-      // reads 32 consecutive elements of one row.
-#pragma unroll
-      for (int e = tid; e < kTileM * kTileK; e += kThreads) {
-        const int r = e / kTileK;
-        const int k = e % kTileK;
-        const int64_t n = row0 + r;
-        const int64_t d = k0 + k;
-        hs[k][r] = (n < M && d < D) ? to_f32(h[n * sh + d]) : 0.0f;
-      }
-#pragma unroll
-      for (int e = tid; e < kTileV * kTileK; e += kThreads) {
-        const int c = e / kTileK;
-        const int k = e % kTileK;
-        const int64_t v = v0 + c;
-        const int64_t d = k0 + k;
-        ws[k][c] = (v < V && d < D) ? to_f32(w[v * sw + d]) : 0.0f;
-      }
+      // Stage h[row0 : row0+64, k0 : k0+32] and w[v0 : v0+64, k0 : k0+32] in float32.
+      stage_chunk<kTileM>(hs, h, sh, M, row0, D, k0, tid);
+      stage_chunk<kTileV>(ws, w, sw, V, v0, D, k0, tid);
       __syncthreads();
-
-      // Per-chunk partial sums keep long dot products accurate in float32.
-      float part[kPer][kPer];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i)
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) part[i][j] = 0.0f;
-#pragma unroll 8
-      for (int k = 0; k < kTileK; ++k) {
-        float a[kPer];
-        float b[kPer];
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) a[i] = hs[k][ty + kGroup * i];
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) b[j] = ws[k][tx + kGroup * j];
-#pragma unroll
-        for (int i = 0; i < kPer; ++i)
-#pragma unroll
-          for (int j = 0; j < kPer; ++j) part[i][j] = fmaf(a[i], b[j], part[i][j]);
-      }
-#pragma unroll
-      for (int i = 0; i < kPer; ++i)
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) total[i][j] += part[i][j];
+      accumulate_chunk<kTileK, 8>(
+          total, [&](int k, int i) { return hs[k][ty + kGroup * i]; },
+          [&](int k, int j) { return ws[k][tx + kGroup * j]; });
       __syncthreads();  // hs/ws are overwritten by the next chunk
     }
-
-    // Fold this thread's 4 logits of each row into the row's running pair.
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      float x[kPer];
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) {
-        const int64_t v = v0 + tx + kGroup * j;
-        float value = -INFINITY;  // columns past V take no part
-        if (v < V) {
-          value = total[i][j];
-          if (bias != nullptr) value += bias[v];
-          value = cap_logit(value, softcap);
-        }
-        x[j] = value;
-        tile_max = fmaxf(tile_max, value);
-      }
-      const float sh_t = shift_of(tile_max);
-      float sum = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) sum += expf(x[j] - sh_t);
-      run[i] = merge(run[i], Running{tile_max, sum});
-    }
+    fold_tile(run, total, bias, v0, V, softcap, tx);
   }
 
   // Merge the 16 pairs of every row (one per column group), in column-group order.
@@ -260,9 +252,6 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Host helpers
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t align_up(int64_t a) { return ceil_div(a, kScratchAlign) * kScratchAlign; }
-
 // Vocabulary splits S of pass 1: about kTargetBlocks blocks in all, at most one split per tile.
 // Depends only on the sizes, so results do not depend on the device.
 int64_t num_splits(int64_t M, int64_t V) {
@@ -277,18 +266,6 @@ int64_t num_splits(int64_t M, int64_t V) {
 // Scratch layout: [m partials: S*M float][s partials: S*M float], each section aligned.
 int64_t part_bytes(int64_t M, int64_t V) {
   return align_up(num_splits(M, V) * M * static_cast<int64_t>(sizeof(float)));
-}
-
-const char* cuda_failure(const char* what, cudaError_t err) {
-  thread_local char message[512];
-  std::snprintf(message, sizeof(message), "%s: %s (%s)", what, cudaGetErrorName(err),
-                cudaGetErrorString(err));
-  return message;
-}
-
-const char* check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cuda_failure(what, err);
 }
 
 struct Args {

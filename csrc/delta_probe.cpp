@@ -176,15 +176,24 @@ long padded_probes(long P) {
   return round_up(P, kLanes);
 }
 
+// w [P, D] copied into a zero-padded [Pp, Dp] buffer.
+std::vector<float> padded_weights(const float* w, long P, long Pp, long D, long Dp) {
+  std::vector<float> Wp(static_cast<size_t>(Pp * Dp), 0.0f);
+  for (long p = 0; p < P; ++p) std::copy(w + p * D, w + (p + 1) * D, Wp.begin() + p * Dp);
+  return Wp;
+}
+
 // Weights laid out for the dot products of a row block.
 struct BlockWeights {
   long P, Pp, D, Dp;
   std::vector<float> rows;        // [Pp, Dp], zero padded
   std::vector<float> transposed;  // [D, Pp], zero padded; only when Pp > kManyProbes
   BlockWeights(const float* w, long P_, long D_)
-      : P(P_), Pp(padded_probes(P_)), D(D_), Dp(round_up(D_, kLanes)) {
-    rows.assign(static_cast<size_t>(Pp * Dp), 0.0f);
-    for (long p = 0; p < P; ++p) std::copy(w + p * D, w + (p + 1) * D, rows.begin() + p * Dp);
+      : P(P_),
+        Pp(padded_probes(P_)),
+        D(D_),
+        Dp(round_up(D_, kLanes)),
+        rows(padded_weights(w, P, Pp, D, Dp)) {
     if (Pp > kManyProbes) {
       transposed.assign(static_cast<size_t>(D * Pp), 0.0f);
       for (long p = 0; p < P; ++p)
@@ -199,13 +208,6 @@ struct BlockWeights {
     }
   }
 };
-
-// w [P, D] copied into a zero-padded [Pp, Dp] buffer.
-std::vector<float> padded_weights(const float* w, long P, long Pp, long D, long Dp) {
-  std::vector<float> Wp(static_cast<size_t>(Pp * Dp), 0.0f);
-  for (long p = 0; p < P; ++p) std::copy(w + p * D, w + (p + 1) * D, Wp.begin() + p * Dp);
-  return Wp;
-}
 
 // Per-thread gradient accumulator with a local chunk so long sums stay accurate in float32.
 struct GradAccumulator {

@@ -29,11 +29,21 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <type_traits>
+
+#include "cuda_launch.cuh"
+#include "cuda_tiles.cuh"
 
 namespace introspect {
 namespace {
+
+using cuda::accumulate_chunk;
+using cuda::align_up;
+using cuda::ceil_div;
+using cuda::check_launch;
+using cuda::cuda_failure;
+using cuda::fma_tile;
+using cuda::zero_tile;
 
 constexpr int kThreads = 256;          // threads per block in every kernel
 constexpr int kPredRows = 128;         // pred_kernel: rows per tile (32 row groups x 4)
@@ -44,7 +54,6 @@ constexpr int kBwdRows = 16;           // bwd_kernel: rows per chunk (8 row grou
 constexpr int64_t kTargetBlocks = 512;  // blocks of the split kernels (before clamping)
 constexpr int64_t kMaxPredBlocks = 4096;
 constexpr int64_t kMaxReduceBlocks = 1024;
-constexpr int64_t kScratchAlign = 256;
 constexpr int kMaxProbes = 64;
 
 static_assert(kThreads == 256, "thread layouts below assume 256 threads");
@@ -75,6 +84,98 @@ __device__ __forceinline__ float load_z(const T* __restrict__ hx, int64_t sx,
 }
 
 // ---------------------------------------------------------------------------------------------
+// Staging in shared memory (every thread of the block calls these; a barrier must follow)
+
+// zs[r][c] = z[n0 + r, c0 + c] for r < ROWS, c < COLS, 0 outside [0, N) x [0, D). A warp reads
+// 32 consecutive columns of one row.
+template <typename T, bool DIFF, int ROWS, int COLS, int LD>
+__device__ __forceinline__ void stage_z(float (&zs)[ROWS][LD], const T* __restrict__ hx,
+                                        int64_t sx, const T* __restrict__ hm, int64_t sm,
+                                        int64_t N, int64_t D, int64_t n0, int64_t c0, int tid) {
+#pragma unroll 4
+  for (int e = tid; e < ROWS * COLS; e += kThreads) {
+    const int r = e / COLS;
+    const int c = e % COLS;
+    const int64_t n = n0 + r;
+    const int64_t d = c0 + c;
+    zs[r][c] = (n < N && d < D) ? load_z<T, DIFF>(hx, sx, hm, sm, n, d) : 0.0f;
+  }
+}
+
+// ws[p][c] = w[p, c0 + c] for p < PT, c < COLS, 0 for p >= P or c0 + c >= D.
+template <int COLS, int PT, int LD>
+__device__ __forceinline__ void stage_w(float (&ws)[PT][LD], const float* __restrict__ w, int P,
+                                        int64_t D, int64_t c0, int tid) {
+  for (int e = tid; e < PT * COLS; e += kThreads) {
+    const int p = e / COLS;
+    const int c = e % COLS;
+    const int64_t d = c0 + c;
+    ws[p][c] = (p < P && d < D) ? w[p * D + d] : 0.0f;
+  }
+}
+
+// vs[r][p] = v[n0 + r, p] of a contiguous [N, P] array (resid or g), 0 for n >= N or p >= P.
+template <int ROWS, int PT>
+__device__ __forceinline__ void stage_probe_rows(float (&vs)[ROWS][PT],
+                                                 const float* __restrict__ v, int P, int64_t N,
+                                                 int64_t n0, int tid) {
+  for (int e = tid; e < ROWS * PT; e += kThreads) {
+    const int r = e / PT;
+    const int p = e % PT;
+    const int64_t n = n0 + r;
+    vs[r][p] = (n < N && p < P) ? v[n * P + p] : 0.0f;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks of the grad/bwd kernels. Block (x, y) owns columns d0 = 128 x .. d0+127 and the row
+// chunks y, y + S, y + 2S, ... (S = gridDim.y splits). Thread tid = 32 py + cx owns probes
+// py + 8 j and columns d0 + cx + 32 i of the block's [PT, 128] probe x column tile.
+
+struct ColTileBlock {
+  int tid, cx, py;
+  int64_t d0, split, num_splits;
+};
+
+__device__ __forceinline__ ColTileBlock col_tile_block() {
+  ColTileBlock blk;
+  blk.tid = static_cast<int>(threadIdx.x);
+  blk.cx = blk.tid % 32;
+  blk.py = blk.tid / 32;
+  blk.d0 = static_cast<int64_t>(blockIdx.x) * kColTile;
+  blk.split = blockIdx.y;
+  blk.num_splits = gridDim.y;
+  return blk;
+}
+
+// total[j][i] += Σ_r vs[r][py + 8 j] zs[r][cx + 32 i] over the ROWS staged rows.
+template <int ROWS, int PT, int TP, int CT>
+__device__ __forceinline__ void accumulate_probe_tile(float (&total)[TP][CT],
+                                                      const float (&vs)[ROWS][PT],
+                                                      const float (&zs)[ROWS][kColTile], int py,
+                                                      int cx) {
+  accumulate_chunk<ROWS, 4>(
+      total, [&](int r, int j) { return vs[r][py + 8 * j]; },
+      [&](int r, int i) { return zs[r][cx + 32 * i]; });
+}
+
+// out[p, d] = total[j][i] for the valid probes and columns of the tile; out is [P, D].
+template <int TP, int CT>
+__device__ __forceinline__ void store_probe_tile(float* out, const float (&total)[TP][CT], int P,
+                                                 int64_t D, int64_t d0, int py, int cx) {
+#pragma unroll
+  for (int j = 0; j < TP; ++j) {
+    const int p = py + 8 * j;
+    if (p >= P) continue;
+#pragma unroll
+    for (int i = 0; i < CT; ++i) {
+      const int64_t d = d0 + cx + 32 * i;
+      if (d < D) out[p * D + d] = total[j][i];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Forward pass 1: pred[n, p] = Σ_d z[n, d] w[p, d] + b[p];  resid = pred - t.
 //
 // Thread layout: tid = 8 * ty + pg. Thread (ty, pg) computes rows ty + 32 i (i < 4) of the tile
@@ -98,53 +199,16 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
     const int64_t row0 = tile * kPredRows;
     float total[RT][TP];
-#pragma unroll
-    for (int i = 0; i < RT; ++i)
-#pragma unroll
-      for (int j = 0; j < TP; ++j) total[i][j] = 0.0f;
+    zero_tile(total);
 
     for (int64_t k0 = 0; k0 < D; k0 += kPredK) {
-      // Stage z[row0 : row0+128, k0 : k0+32]; a warp reads 32 consecutive columns of one row.
-#pragma unroll 4
-      for (int e = tid; e < kPredRows * kPredK; e += kThreads) {
-        const int r = e / kPredK;
-        const int k = e % kPredK;
-        const int64_t n = row0 + r;
-        const int64_t d = k0 + k;
-        zs[r][k] = (n < N && d < D) ? load_z<T, DIFF>(hx, sx, hm, sm, n, d) : 0.0f;
-      }
-      // Stage w[0 : PT, k0 : k0+32].
-      for (int e = tid; e < PT * kPredK; e += kThreads) {
-        const int p = e / kPredK;
-        const int k = e % kPredK;
-        const int64_t d = k0 + k;
-        ws[p][k] = (p < P && d < D) ? w[p * D + d] : 0.0f;
-      }
+      // Stage z[row0 : row0+128, k0 : k0+32] and w[0 : PT, k0 : k0+32].
+      stage_z<T, DIFF, kPredRows, kPredK>(zs, hx, sx, hm, sm, N, D, row0, k0, tid);
+      stage_w<kPredK>(ws, w, P, D, k0, tid);
       __syncthreads();
-
-      // Per-chunk partial sums keep long dot products accurate in float32.
-      float part[RT][TP];
-#pragma unroll
-      for (int i = 0; i < RT; ++i)
-#pragma unroll
-        for (int j = 0; j < TP; ++j) part[i][j] = 0.0f;
-#pragma unroll 4
-      for (int k = 0; k < kPredK; ++k) {
-        float zr[RT];
-        float wr[TP];
-#pragma unroll
-        for (int i = 0; i < RT; ++i) zr[i] = zs[ty + 32 * i][k];
-#pragma unroll
-        for (int j = 0; j < TP; ++j) wr[j] = ws[pg + 8 * j][k];
-#pragma unroll
-        for (int i = 0; i < RT; ++i)
-#pragma unroll
-          for (int j = 0; j < TP; ++j) part[i][j] = fmaf(zr[i], wr[j], part[i][j]);
-      }
-#pragma unroll
-      for (int i = 0; i < RT; ++i)
-#pragma unroll
-        for (int j = 0; j < TP; ++j) total[i][j] += part[i][j];
+      accumulate_chunk<kPredK, 4>(
+          total, [&](int k, int i) { return zs[ty + 32 * i][k]; },
+          [&](int k, int j) { return ws[pg + 8 * j][k]; });
       __syncthreads();  // zs/ws are overwritten by the next chunk
     }
 
@@ -167,11 +231,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------------------------------------
 // Forward pass 2: partial G[s, p, d] = Σ_{n in split s} resid[n, p] z[n, d], and for column tile
-// 0 also partial gb[s, p] = Σ resid[n, p], sse[s, p] = Σ resid[n, p]².
-//
-// Block (x, y): columns d0 = 128 x .. d0+127; row chunks y, y + S, y + 2S, ... (S = gridDim.y).
-// Thread layout: tid = 32 py + cx. Thread (py, cx) owns probes py + 8 j (j < PT / 8) and columns
-// d0 + cx + 32 i (i < 4).
+// 0 also partial gb[s, p] = Σ resid[n, p], sse[s, p] = Σ resid[n, p]². Chunks of 32 rows; the
+// block and thread layout is ColTileBlock's.
 template <typename T, bool DIFF, int PT>
 __global__ void __launch_bounds__(kThreads)
     grad_partial_kernel(const T* __restrict__ hx, int64_t sx, const T* __restrict__ hm, int64_t sm,
@@ -182,66 +243,23 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float zs[kGradRows][kColTile];
   __shared__ float rs[kGradRows][PT];
 
-  const int tid = static_cast<int>(threadIdx.x);
-  const int cx = tid % 32;
-  const int py = tid / 32;
-  const int64_t d0 = static_cast<int64_t>(blockIdx.x) * kColTile;
-  const int64_t split = blockIdx.y;
-  const int64_t num_splits = gridDim.y;
+  const auto [tid, cx, py, d0, split, num_splits] = col_tile_block();
   const int64_t num_chunks = (N + kGradRows - 1) / kGradRows;
   const bool do_sums = blockIdx.x == 0 && tid < P;
 
   float total[TP][CT];
-#pragma unroll
-  for (int j = 0; j < TP; ++j)
-#pragma unroll
-    for (int i = 0; i < CT; ++i) total[j][i] = 0.0f;
+  zero_tile(total);
   double sum1 = 0.0;
   double sum2 = 0.0;
 
   for (int64_t chunk = split; chunk < num_chunks; chunk += num_splits) {
     const int64_t n0 = chunk * kGradRows;
-    // Stage z[n0 : n0+32, d0 : d0+128]; a warp reads 32 consecutive columns of one row.
-#pragma unroll 4
-    for (int e = tid; e < kGradRows * kColTile; e += kThreads) {
-      const int r = e / kColTile;
-      const int c = e % kColTile;
-      const int64_t n = n0 + r;
-      const int64_t d = d0 + c;
-      zs[r][c] = (n < N && d < D) ? load_z<T, DIFF>(hx, sx, hm, sm, n, d) : 0.0f;
-    }
-    // Stage resid[n0 : n0+32, 0 : PT].
-    for (int e = tid; e < kGradRows * PT; e += kThreads) {
-      const int r = e / PT;
-      const int p = e % PT;
-      const int64_t n = n0 + r;
-      rs[r][p] = (n < N && p < P) ? resid[n * P + p] : 0.0f;
-    }
+    // Stage z[n0 : n0+32, d0 : d0+128] and resid[n0 : n0+32, 0 : PT].
+    stage_z<T, DIFF, kGradRows, kColTile>(zs, hx, sx, hm, sm, N, D, n0, d0, tid);
+    stage_probe_rows(rs, resid, P, N, n0, tid);
     __syncthreads();
 
-    float part[TP][CT];
-#pragma unroll
-    for (int j = 0; j < TP; ++j)
-#pragma unroll
-      for (int i = 0; i < CT; ++i) part[j][i] = 0.0f;
-#pragma unroll 4
-    for (int r = 0; r < kGradRows; ++r) {
-      float zr[CT];
-      float rr[TP];
-#pragma unroll
-      for (int i = 0; i < CT; ++i) zr[i] = zs[r][cx + 32 * i];
-#pragma unroll
-      for (int j = 0; j < TP; ++j) rr[j] = rs[r][py + 8 * j];
-#pragma unroll
-      for (int j = 0; j < TP; ++j)
-#pragma unroll
-        for (int i = 0; i < CT; ++i) part[j][i] = fmaf(rr[j], zr[i], part[j][i]);
-    }
-#pragma unroll
-    for (int j = 0; j < TP; ++j)
-#pragma unroll
-      for (int i = 0; i < CT; ++i) total[j][i] += part[j][i];
-
+    accumulate_probe_tile(total, rs, zs, py, cx);
     if (do_sums) {
       for (int r = 0; r < kGradRows; ++r) {
         const double v = rs[r][tid];
@@ -252,17 +270,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // zs/rs are overwritten by the next chunk
   }
 
-  float* out = g_part + split * P * D;
-#pragma unroll
-  for (int j = 0; j < TP; ++j) {
-    const int p = py + 8 * j;
-    if (p >= P) continue;
-#pragma unroll
-    for (int i = 0; i < CT; ++i) {
-      const int64_t d = d0 + cx + 32 * i;
-      if (d < D) out[p * D + d] = total[j][i];
-    }
-  }
+  store_probe_tile(g_part + split * P * D, total, P, D, d0, py, cx);
   if (do_sums) {
     gb_part[split * P + tid] = sum1;
     sse_part[split * P + tid] = sum2;
@@ -300,13 +308,46 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward: gz[n, d] = Σ_p g[n, p] w[p, d] -> ghx = ∓gz, ghm = +gz; partial
+// Backward
+
+// acc[m][i] = Σ_p gs[py + 8 m][p] ws[p][cx + 32 i]: the gz tile of rows py + 8 m of the staged
+// chunk and columns cx + 32 i of the block.
+template <int ROWS, int PT, int RT, int CT>
+__device__ __forceinline__ void gz_tile(float (&acc)[RT][CT], const float (&gs)[ROWS][PT],
+                                        const float (&ws)[PT][kColTile], int py, int cx) {
+  zero_tile(acc);
+  fma_tile<PT, 8>(
+      acc, [&](int p, int m) { return gs[py + 8 * m][p]; },
+      [&](int p, int i) { return ws[p][cx + 32 * i]; });
+}
+
+// Writes the gz tile of rows n0 + py + 8 m and columns d0 + cx + 32 i: ghm = gz, ghx = ∓gz
+// (each skipped when nullptr).
+template <typename T, bool DIFF, int RT, int CT>
+__device__ __forceinline__ void store_gz_tile(const float (&acc)[RT][CT], T* ghx, T* ghm,
+                                              int64_t N, int64_t D, int64_t n0, int64_t d0,
+                                              int py, int cx) {
+#pragma unroll
+  for (int m = 0; m < RT; ++m) {
+    const int64_t n = n0 + py + 8 * m;
+    if (n >= N) continue;
+#pragma unroll
+    for (int i = 0; i < CT; ++i) {
+      const int64_t d = d0 + cx + 32 * i;
+      if (d >= D) continue;
+      const int64_t o = n * D + d;
+      if (ghm != nullptr) store_f32(ghm + o, acc[m][i]);
+      if (ghx != nullptr) store_f32(ghx + o, DIFF ? -acc[m][i] : acc[m][i]);
+    }
+  }
+}
+
+// The backward kernel: gz[n, d] = Σ_p g[n, p] w[p, d] -> ghx = ∓gz, ghm = +gz; partial
 // gw[s, p, d] = Σ_{n in split s} g[n, p] z[n, d].
 //
-// Block (x, y): columns d0 = 128 x .. d0+127; row chunks y, y + S, ... of 16 rows.
-// Thread layout: tid = 32 py + cx. For gz, thread (py, cx) owns rows py + 8 m (m < 2) of the
-// chunk and columns d0 + cx + 32 i (i < 4); for gw it owns probes py + 8 j (j < PT / 8) and the
-// same columns.
+// Chunks of 16 rows; the block and thread layout is ColTileBlock's. For gz, thread (py, cx) owns
+// rows py + 8 m (m < 2) of the chunk and columns d0 + cx + 32 i (i < 4); for gw it owns probes
+// py + 8 j (j < PT / 8) and the same columns.
 template <typename T, bool DIFF, int PT>
 __global__ void __launch_bounds__(kThreads)
     bwd_kernel(const T* __restrict__ hx, int64_t sx, const T* __restrict__ hm, int64_t sm,
@@ -319,133 +360,38 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float gs[kBwdRows][PT];
   __shared__ float zs[kBwdRows][kColTile];
 
-  const int tid = static_cast<int>(threadIdx.x);
-  const int cx = tid % 32;
-  const int py = tid / 32;
-  const int64_t d0 = static_cast<int64_t>(blockIdx.x) * kColTile;
-  const int64_t split = blockIdx.y;
-  const int64_t num_splits = gridDim.y;
+  const auto [tid, cx, py, d0, split, num_splits] = col_tile_block();
   const int64_t num_chunks = (N + kBwdRows - 1) / kBwdRows;
   const bool need_gw = gw_part != nullptr;
   const bool need_gz = ghx != nullptr || ghm != nullptr;
 
   // Stage w[0 : PT, d0 : d0+128] once; the first barrier in the loop orders it before any read.
-  for (int e = tid; e < PT * kColTile; e += kThreads) {
-    const int p = e / kColTile;
-    const int c = e % kColTile;
-    const int64_t d = d0 + c;
-    ws[p][c] = (p < P && d < D) ? w[p * D + d] : 0.0f;
-  }
+  stage_w<kColTile>(ws, w, P, D, d0, tid);
 
   float total[TP][CT];
-#pragma unroll
-  for (int j = 0; j < TP; ++j)
-#pragma unroll
-    for (int i = 0; i < CT; ++i) total[j][i] = 0.0f;
+  zero_tile(total);
 
   for (int64_t chunk = split; chunk < num_chunks; chunk += num_splits) {
     const int64_t n0 = chunk * kBwdRows;
-    // Stage g[n0 : n0+16, 0 : PT].
-    for (int e = tid; e < kBwdRows * PT; e += kThreads) {
-      const int r = e / PT;
-      const int p = e % PT;
-      const int64_t n = n0 + r;
-      gs[r][p] = (n < N && p < P) ? g[n * P + p] : 0.0f;
-    }
-    // Stage z[n0 : n0+16, d0 : d0+128] (only gw needs it).
-    if (need_gw) {
-#pragma unroll 4
-      for (int e = tid; e < kBwdRows * kColTile; e += kThreads) {
-        const int r = e / kColTile;
-        const int c = e % kColTile;
-        const int64_t n = n0 + r;
-        const int64_t d = d0 + c;
-        zs[r][c] = (n < N && d < D) ? load_z<T, DIFF>(hx, sx, hm, sm, n, d) : 0.0f;
-      }
-    }
+    // Stage g[n0 : n0+16, 0 : PT], and z[n0 : n0+16, d0 : d0+128] when gw needs it.
+    stage_probe_rows(gs, g, P, N, n0, tid);
+    if (need_gw) stage_z<T, DIFF, kBwdRows, kColTile>(zs, hx, sx, hm, sm, N, D, n0, d0, tid);
     __syncthreads();
 
     if (need_gz) {
       float acc[RT][CT];
-#pragma unroll
-      for (int m = 0; m < RT; ++m)
-#pragma unroll
-        for (int i = 0; i < CT; ++i) acc[m][i] = 0.0f;
-#pragma unroll 8
-      for (int p = 0; p < PT; ++p) {
-        float gr[RT];
-        float wr[CT];
-#pragma unroll
-        for (int m = 0; m < RT; ++m) gr[m] = gs[py + 8 * m][p];
-#pragma unroll
-        for (int i = 0; i < CT; ++i) wr[i] = ws[p][cx + 32 * i];
-#pragma unroll
-        for (int m = 0; m < RT; ++m)
-#pragma unroll
-          for (int i = 0; i < CT; ++i) acc[m][i] = fmaf(gr[m], wr[i], acc[m][i]);
-      }
-#pragma unroll
-      for (int m = 0; m < RT; ++m) {
-        const int64_t n = n0 + py + 8 * m;
-        if (n >= N) continue;
-#pragma unroll
-        for (int i = 0; i < CT; ++i) {
-          const int64_t d = d0 + cx + 32 * i;
-          if (d >= D) continue;
-          const int64_t o = n * D + d;
-          if (ghm != nullptr) store_f32(ghm + o, acc[m][i]);
-          if (ghx != nullptr) store_f32(ghx + o, DIFF ? -acc[m][i] : acc[m][i]);
-        }
-      }
+      gz_tile(acc, gs, ws, py, cx);
+      store_gz_tile<T, DIFF>(acc, ghx, ghm, N, D, n0, d0, py, cx);
     }
-
-    if (need_gw) {
-      float part[TP][CT];
-#pragma unroll
-      for (int j = 0; j < TP; ++j)
-#pragma unroll
-        for (int i = 0; i < CT; ++i) part[j][i] = 0.0f;
-#pragma unroll 4
-      for (int r = 0; r < kBwdRows; ++r) {
-        float zr[CT];
-        float gr[TP];
-#pragma unroll
-        for (int i = 0; i < CT; ++i) zr[i] = zs[r][cx + 32 * i];
-#pragma unroll
-        for (int j = 0; j < TP; ++j) gr[j] = gs[r][py + 8 * j];
-#pragma unroll
-        for (int j = 0; j < TP; ++j)
-#pragma unroll
-          for (int i = 0; i < CT; ++i) part[j][i] = fmaf(gr[j], zr[i], part[j][i]);
-      }
-#pragma unroll
-      for (int j = 0; j < TP; ++j)
-#pragma unroll
-        for (int i = 0; i < CT; ++i) total[j][i] += part[j][i];
-    }
+    if (need_gw) accumulate_probe_tile(total, gs, zs, py, cx);
     __syncthreads();  // gs/zs are overwritten by the next chunk
   }
 
-  if (need_gw) {
-    float* out = gw_part + split * P * D;
-#pragma unroll
-    for (int j = 0; j < TP; ++j) {
-      const int p = py + 8 * j;
-      if (p >= P) continue;
-#pragma unroll
-      for (int i = 0; i < CT; ++i) {
-        const int64_t d = d0 + cx + 32 * i;
-        if (d < D) out[p * D + d] = total[j][i];
-      }
-    }
-  }
+  if (need_gw) store_probe_tile(gw_part + split * P * D, total, P, D, d0, py, cx);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Host helpers
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t align_up(int64_t a) { return ceil_div(a, kScratchAlign) * kScratchAlign; }
 
 // Row splits S of the split-K kernels: about kTargetBlocks blocks in all, at most one split per
 // row chunk. Depends only on the sizes, so results do not depend on the device.
@@ -472,64 +418,52 @@ FwdScratch fwd_scratch(int64_t N, int64_t D, int64_t P) {
   return f;
 }
 
-const char* cuda_failure(const char* what, cudaError_t err) {
-  thread_local char message[512];
-  std::snprintf(message, sizeof(message), "%s: %s (%s)", what, cudaGetErrorName(err),
-                cudaGetErrorString(err));
-  return message;
-}
+// What both directions take: the hidden states (z = hm - hx, or hx alone), the probe weights,
+// the sizes and the stream.
+struct Operands {
+  const void* hx;
+  int64_t sx;
+  const void* hm;
+  int64_t sm;
+  const float* w;
+  int64_t N, D, P;
+  cudaStream_t stream;
+};
 
-const char* check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cuda_failure(what, err);
-}
-
-const char* check_common(DType dtype, const void* hx, int64_t sx, const void* hm, int64_t sm,
-                         const float* w, int64_t N, int64_t D, int64_t P) {
+const char* check_common(DType dtype, const Operands& in) {
   if (dtype != DType::kFloat32 && dtype != DType::kBFloat16)
     return "delta_probe (CUDA): hidden states must be float32 or bfloat16";
-  if (N < 0) return "delta_probe (CUDA): N must be >= 0";
-  if (D < 1) return "delta_probe (CUDA): D must be >= 1";
-  if (P < 1 || P > kMaxProbes) return "delta_probe (CUDA): P must be in [1, 64]";
-  if (sx < 0 || (hm != nullptr && sm < 0)) return "delta_probe (CUDA): row strides must be >= 0";
-  if (N > 0 && (hx == nullptr || w == nullptr))
+  if (in.N < 0) return "delta_probe (CUDA): N must be >= 0";
+  if (in.D < 1) return "delta_probe (CUDA): D must be >= 1";
+  if (in.P < 1 || in.P > kMaxProbes) return "delta_probe (CUDA): P must be in [1, 64]";
+  if (in.sx < 0 || (in.hm != nullptr && in.sm < 0))
+    return "delta_probe (CUDA): row strides must be >= 0";
+  if (in.N > 0 && (in.hx == nullptr || in.w == nullptr))
     return "delta_probe (CUDA): hx and w must not be null";
   return nullptr;
 }
 
-struct FwdArgs {
-  const void* hx;
-  int64_t sx;
-  const void* hm;
-  int64_t sm;
-  const float* w;
-  const float* b;
-  const float* t;
-  int64_t N, D, P;
-  float* pred;
-  float* resid;
-  float* sse;
-  float* G;
-  float* gb;
-  FwdScratch layout;
-  char* scratch;
-  cudaStream_t stream;
+struct FwdArgs : Operands {
+  explicit FwdArgs(const Operands& in) : Operands(in) {}
+  const float* b = nullptr;
+  const float* t = nullptr;
+  float* pred = nullptr;
+  float* resid = nullptr;
+  float* sse = nullptr;
+  float* G = nullptr;
+  float* gb = nullptr;
+  FwdScratch layout{};
+  char* scratch = nullptr;
 };
 
-struct BwdArgs {
-  const void* hx;
-  int64_t sx;
-  const void* hm;
-  int64_t sm;
-  const float* w;
-  const float* g;
-  int64_t N, D, P;
-  float* gw;
-  void* ghx;
-  void* ghm;
-  int64_t splits;
-  float* gw_part;
-  cudaStream_t stream;
+struct BwdArgs : Operands {
+  explicit BwdArgs(const Operands& in) : Operands(in) {}
+  const float* g = nullptr;
+  float* gw = nullptr;
+  void* ghx = nullptr;
+  void* ghm = nullptr;
+  int64_t splits = 0;
+  float* gw_part = nullptr;
 };
 
 const char* launch_reduce(const float* part, int64_t S, int64_t PD, float* out,
@@ -638,12 +572,13 @@ const char* delta_probe_fwd(DType dtype, const void* hx, int64_t sx, const void*
                             const float* w, const float* b, const float* t, int64_t N, int64_t D,
                             int64_t P, float* pred, float* resid, float* sse, float* G, float* gb,
                             void* scratch, int64_t scratch_bytes, void* stream) {
-  if (const char* err = check_common(dtype, hx, sx, hm, sm, w, N, D, P)) return err;
+  const Operands in{hx, sx, hm, sm, w, N, D, P, static_cast<cudaStream_t>(stream)};
+  if (const char* err = check_common(dtype, in)) return err;
   const bool train = t != nullptr;
   if (N > 0 && pred == nullptr) return "delta_probe_fwd (CUDA): pred must not be null";
   if (train && (sse == nullptr || G == nullptr || gb == nullptr || (N > 0 && resid == nullptr)))
     return "delta_probe_fwd (CUDA): resid, sse, G and gb are required when t is given";
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  cudaStream_t st = in.stream;
 
   if (N == 0) {  // empty sums
     if (!train) return nullptr;
@@ -653,23 +588,14 @@ const char* delta_probe_fwd(DType dtype, const void* hx, int64_t sx, const void*
     return err == cudaSuccess ? nullptr : cuda_failure("delta_probe_fwd: cudaMemsetAsync failed", err);
   }
 
-  FwdArgs a{};
-  a.hx = hx;
-  a.sx = sx;
-  a.hm = hm;
-  a.sm = sm;
-  a.w = w;
+  FwdArgs a(in);
   a.b = b;
   a.t = t;
-  a.N = N;
-  a.D = D;
-  a.P = P;
   a.pred = pred;
   a.resid = train ? resid : nullptr;
   a.sse = sse;
   a.G = G;
   a.gb = gb;
-  a.stream = st;
   if (train) {
     a.layout = fwd_scratch(N, D, P);
     if (scratch == nullptr || scratch_bytes < a.layout.total)
@@ -685,9 +611,10 @@ const char* delta_probe_bwd(DType dtype, const void* hx, int64_t sx, const void*
                             const float* w, const float* g, int64_t N, int64_t D, int64_t P,
                             float* gw, void* ghx, void* ghm, void* scratch, int64_t scratch_bytes,
                             void* stream) {
-  if (const char* err = check_common(dtype, hx, sx, hm, sm, w, N, D, P)) return err;
+  const Operands in{hx, sx, hm, sm, w, N, D, P, static_cast<cudaStream_t>(stream)};
+  if (const char* err = check_common(dtype, in)) return err;
   if (N > 0 && g == nullptr) return "delta_probe_bwd (CUDA): g must not be null";
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  cudaStream_t st = in.stream;
 
   if (N == 0) {  // empty sum; ghx/ghm are empty
     if (gw == nullptr) return nullptr;
@@ -697,21 +624,12 @@ const char* delta_probe_bwd(DType dtype, const void* hx, int64_t sx, const void*
   }
   if (gw == nullptr && ghx == nullptr && ghm == nullptr) return nullptr;
 
-  BwdArgs a{};
-  a.hx = hx;
-  a.sx = sx;
-  a.hm = hm;
-  a.sm = sm;
-  a.w = w;
+  BwdArgs a(in);
   a.g = g;
-  a.N = N;
-  a.D = D;
-  a.P = P;
   a.gw = gw;
   a.ghx = ghx;
   a.ghm = ghm;
   a.splits = num_splits(N, D, kBwdRows);
-  a.stream = st;
   if (gw != nullptr) {
     if (scratch == nullptr || scratch_bytes < delta_probe_bwd_scratch_bytes(N, D, P))
       return "delta_probe_bwd (CUDA): scratch is smaller than delta_probe_bwd_scratch_bytes()";

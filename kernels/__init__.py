@@ -10,6 +10,9 @@ Submodules:
 * ``paired_attention`` -- causal attention over packed token tries described by segment
   metadata (shared prefix, x and x' suffixes), with no dense mask; forward only.
 
+``_common`` holds what they share: the interpreter switch, launch helpers, input checks and a
+masked tile load.
+
 Nothing is imported here on purpose: ``import triton`` happens only inside the submodules,
 so callers import them lazily and treat an ``ImportError`` as "backend unavailable".
 On machines without a GPU the kernels run under the Triton interpreter when the

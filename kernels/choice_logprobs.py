@@ -40,13 +40,11 @@ Tiles: on GPUs from ``_GPU_TILES`` (per input kind); under the interpreter
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._common import check_2d, clamp_pow2, device_ctx, device_programs, interpreting, load_tile
 
 # Hidden-state / weight dtypes the kernels accept.
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
@@ -104,16 +102,8 @@ def _choice_logprobs_lse_kernel(
         for d0 in range(0, D, BLOCK_D):
             ds = d0 + offs_d
             d_mask = ds < D
-            h = tl.load(
-                H_ptr + rows64[:, None] * H_row_stride + ds[None, :],
-                mask=row_mask[:, None] & d_mask[None, :],
-                other=0.0,
-            )
-            w = tl.load(
-                W_ptr + cols64[:, None] * W_row_stride + ds[None, :],
-                mask=col_mask[:, None] & d_mask[None, :],
-                other=0.0,
-            )
+            h = load_tile(H_ptr, rows64, H_row_stride, ds, row_mask, d_mask)
+            w = load_tile(W_ptr, cols64, W_row_stride, ds, col_mask, d_mask)
             if DOT_FP32:
                 acc = tl.dot(
                     h.to(tl.float32), tl.trans(w.to(tl.float32)), acc=acc, input_precision="ieee"
@@ -176,16 +166,8 @@ def _choice_logprobs_pick_kernel(
         for d0 in range(0, D, BLOCK_D):
             ds = d0 + offs_d
             d_mask = ds < D
-            h = tl.load(
-                H_ptr + rows64[:, None] * H_row_stride + ds[None, :],
-                mask=row_mask[:, None] & d_mask[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            w = tl.load(
-                W_ptr + safe[:, None] * W_row_stride + ds[None, :],
-                mask=valid[:, None] & d_mask[None, :],
-                other=0.0,
-            ).to(tl.float32)
+            h = load_tile(H_ptr, rows64, H_row_stride, ds, row_mask, d_mask).to(tl.float32)
+            w = load_tile(W_ptr, safe, W_row_stride, ds, valid, d_mask).to(tl.float32)
             acc += tl.sum(h * w, axis=1)
         if HAS_BIAS:
             acc += tl.load(B_ptr + safe, mask=valid, other=0.0)
@@ -199,24 +181,9 @@ def _choice_logprobs_pick_kernel(
 # ----------------------------------------------------------------------------- host side
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _target_programs(device: torch.device) -> int:
     """Programs of pass 1 that keep the device busy (few when interpreting)."""
-    if device.type != "cuda":
-        return 2
-    return 4 * _sm_count(device.index if device.index is not None else 0)
-
-
-def _clamp_pow2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
+    return device_programs(device, 4)
 
 
 # GPU tiles of pass 1, keyed by whether tl.dot runs in float32 ("ieee", evaluated with FMAs,
@@ -226,40 +193,22 @@ _GPU_TILES = {True: (64, 64, 32, 4, 2), False: (64, 128, 64, 8, 3)}
 
 
 def _lse_config(M: int, D: int, dot_fp32: bool) -> dict[str, int]:
-    if _interpreting():
+    if interpreting():
         bm, bv, bd, warps, stages = 64, 256, 128, 4, 1
     else:
         bm, bv, bd, warps, stages = _GPU_TILES[dot_fp32]
     return {
-        "BLOCK_M": _clamp_pow2(M, 16, bm),
+        "BLOCK_M": clamp_pow2(M, 16, bm),
         "BLOCK_V": bv,
-        "BLOCK_D": _clamp_pow2(D, 16, bd),
+        "BLOCK_D": clamp_pow2(D, 16, bd),
         "num_warps": warps,
         "num_stages": stages,
     }
 
 
 def _pick_config(M: int, D: int) -> dict[str, int]:
-    bm, bd = (64, 256) if _interpreting() else (16, 128)
-    return {"BLOCK_M": _clamp_pow2(M, 16, bm), "BLOCK_D": _clamp_pow2(D, 16, bd), "num_warps": 4}
-
-
-def _device_ctx(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _check_2d(t: torch.Tensor, name: str) -> torch.Tensor:
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} dtype {t.dtype} not supported (use one of {SUPPORTED_DTYPES})")
-    if t.device.type != "cuda" and not _interpreting():
-        raise RuntimeError(
-            f"{name} is on {t.device}; Triton kernels need CUDA tensors or TRITON_INTERPRET=1"
-        )
-    if t.shape[1] > 1 and t.stride(1) != 1:
-        t = t.contiguous()
-    return t
+    bm, bd = (64, 256) if interpreting() else (16, 128)
+    return {"BLOCK_M": clamp_pow2(M, 16, bm), "BLOCK_D": clamp_pow2(D, 16, bd), "num_warps": 4}
 
 
 def choice_logprobs_fwd(
@@ -278,8 +227,8 @@ def choice_logprobs_fwd(
     ``splits`` overrides the number of vocabulary splits of pass 1 (default: enough programs
     to fill the device).
     """
-    hidden = _check_2d(hidden, "hidden")
-    weight = _check_2d(weight, "weight")
+    hidden = check_2d(hidden, "hidden", SUPPORTED_DTYPES)
+    weight = check_2d(weight, "weight", SUPPORTED_DTYPES)
     M, D = hidden.shape
     V = weight.shape[0]
     if weight.shape[1] != D:
@@ -305,7 +254,7 @@ def choice_logprobs_fwd(
         return logp, lse
 
     dot_fp32 = not (hidden.dtype == weight.dtype and hidden.dtype != f32)
-    if _interpreting() and hidden.dtype == torch.bfloat16:
+    if interpreting() and hidden.dtype == torch.bfloat16:
         # The interpreter mis-evaluates tl.dot on bfloat16 operands; float32 gives the same
         # products (bfloat16 products are exact in float32).
         dot_fp32 = True
@@ -320,7 +269,7 @@ def choice_logprobs_fwd(
     cap = float(softcap) if softcap is not None else 1.0
     b_arg = bias if bias is not None else part_m  # unused placeholder
 
-    with _device_ctx(dev):
+    with device_ctx(dev):
         _choice_logprobs_lse_kernel[(row_blocks, splits)](
             hidden, weight, b_arg, part_m, part_s,
             M, V, D, hidden.stride(0), weight.stride(0), cap,

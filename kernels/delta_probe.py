@@ -55,13 +55,11 @@ included) are never replaced, so non-finite inputs propagate like in a dense ref
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._common import check_2d, clamp_pow2, device_ctx, device_programs, interpreting, load_tile
 
 # Hidden-state dtypes the kernels accept (loads are converted to fp32 in-register).
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
@@ -127,11 +125,7 @@ def _delta_probe_fwd_kernel(
                 HX_ptr, HM_ptr, HX_row_stride, HM_row_stride, rows, cols,
                 row_mask[:, None] & col_mask[None, :], HAS_HM,
             )  # fmt: skip
-            w = tl.load(
-                W_ptr + offs_p[:, None] * W_row_stride + cols[None, :],
-                mask=p_mask[:, None] & col_mask[None, :],
-                other=0.0,
-            )
+            w = load_tile(W_ptr, offs_p, W_row_stride, cols, p_mask, col_mask)
             acc = tl.dot(z, tl.trans(w), acc=acc, input_precision="ieee")
         pred = acc
         if HAS_BIAS:
@@ -193,16 +187,8 @@ def _delta_probe_bwd_h_kernel(
     p_mask = offs_p < P
     rows64 = rows.to(tl.int64)
 
-    g = tl.load(
-        G_ptr + rows64[:, None] * P + offs_p[None, :],
-        mask=row_mask[:, None] & p_mask[None, :],
-        other=0.0,
-    )
-    w = tl.load(
-        W_ptr + offs_p[:, None] * W_row_stride + cols[None, :],
-        mask=p_mask[:, None] & col_mask[None, :],
-        other=0.0,
-    )
+    g = load_tile(G_ptr, rows64, P, offs_p, row_mask, p_mask)
+    w = load_tile(W_ptr, offs_p, W_row_stride, cols, p_mask, col_mask)
     gh = tl.dot(g, w, input_precision="ieee")
 
     out_offs = rows64[:, None] * D + cols[None, :]
@@ -238,11 +224,7 @@ def _delta_probe_bwd_w_kernel(
     for rb in range(split, num_row_blocks, nsplit):
         rows = rb * BLOCK_N + offs_n
         row_mask = rows < N
-        g = tl.load(
-            G_ptr + rows.to(tl.int64)[:, None] * P + offs_p[None, :],
-            mask=row_mask[:, None] & p_mask[None, :],
-            other=0.0,
-        )
+        g = load_tile(G_ptr, rows.to(tl.int64), P, offs_p, row_mask, p_mask)
         z = _delta_probe_load_z(
             HX_ptr, HM_ptr, HX_row_stride, HM_row_stride, rows, cols,
             row_mask[:, None] & col_mask[None, :], HAS_HM,
@@ -256,24 +238,9 @@ def _delta_probe_bwd_w_kernel(
 # ----------------------------------------------------------------------------- host side
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _max_programs(device: torch.device) -> int:
     """Rough number of programs that keeps the device busy (small when interpreting)."""
-    if device.type != "cuda":
-        return 2
-    return 2 * _sm_count(device.index if device.index is not None else 0)
-
-
-def _clamp_pow2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
+    return device_programs(device, 2)
 
 
 # GPU tile shapes per kernel, keyed by BLOCK_P: (BLOCK_N, BLOCK_D, num_warps). The fp32
@@ -287,42 +254,24 @@ _GPU_BWD_W = {16: (64, 64, 8), 32: (64, 64, 8), 64: (64, 64, 8)}
 def _config(table: dict[int, tuple[int, int, int]], N: int, D: int, P: int) -> dict[str, int]:
     """Launch meta-parameters (BLOCK_N, BLOCK_D, BLOCK_P, num_warps, num_stages)."""
     BLOCK_P = max(16, triton.next_power_of_2(P))
-    if _interpreting():
+    if interpreting():
         # Few, big programs: interpreter cost is per executed op, not per element.
         bn, bd, warps = 256, 256, 4
     else:
         bn, bd, warps = table[BLOCK_P]
     return {
-        "BLOCK_N": _clamp_pow2(N, 16, bn),
-        "BLOCK_D": _clamp_pow2(D, 16, bd),
+        "BLOCK_N": clamp_pow2(N, 16, bn),
+        "BLOCK_D": clamp_pow2(D, 16, bd),
         "BLOCK_P": BLOCK_P,
         "num_warps": warps,
         "num_stages": 1,
     }
 
 
-def _device_ctx(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _check_hidden(h: torch.Tensor, name: str) -> torch.Tensor:
-    if h.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(h.shape)}")
-    if h.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} dtype {h.dtype} not supported (use one of {SUPPORTED_DTYPES})")
-    if h.device.type != "cuda" and not _interpreting():
-        raise RuntimeError(
-            f"{name} is on {h.device}; Triton kernels need CUDA tensors or TRITON_INTERPRET=1"
-        )
-    if h.shape[1] > 1 and h.stride(1) != 1:
-        h = h.contiguous()
-    return h
-
-
 def _prepare(hx: torch.Tensor, hm: torch.Tensor | None, w: torch.Tensor):
-    hx = _check_hidden(hx, "hx")
+    hx = check_2d(hx, "hx", SUPPORTED_DTYPES, " [N, D]")
     if hm is not None:
-        hm = _check_hidden(hm, "hm")
+        hm = check_2d(hm, "hm", SUPPORTED_DTYPES, " [N, D]")
         if hm.shape != hx.shape:
             raise ValueError(f"hm shape {tuple(hm.shape)} != hx shape {tuple(hx.shape)}")
     if w.dim() != 2 or w.shape[1] != hx.shape[1] or not 1 <= w.shape[0] <= MAX_P:
@@ -386,7 +335,7 @@ def delta_probe_fwd(
         gb_part = torch.empty((nprog, P), dtype=f32, device=dev)
         g_part = torch.empty((nprog, P, D), dtype=f32, device=dev)
 
-    with _device_ctx(dev):
+    with device_ctx(dev):
         _delta_probe_fwd_kernel[(nprog,)](
             hx, hm if hm is not None else hx, w, b if b is not None else w,
             t if t is not None else pred,
@@ -435,7 +384,7 @@ def delta_probe_bwd(
         if not empty:
             cfg = _config(_GPU_BWD_H, N, D, P)
             grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(D, cfg["BLOCK_D"]))
-            with _device_ctx(dev):
+            with device_ctx(dev):
                 _delta_probe_bwd_h_kernel[grid](
                     g, w, ghx, ghm if ghm is not None else ghx,
                     N, D, P, w.stride(0),
@@ -452,7 +401,7 @@ def delta_probe_bwd(
             target = 2 * _max_programs(dev)
             splits = max(1, min(num_row_blocks, 65535, triton.cdiv(target, num_d_blocks)))
             gw_part = torch.empty((splits, P, D), dtype=torch.float32, device=dev)
-            with _device_ctx(dev):
+            with device_ctx(dev):
                 _delta_probe_bwd_w_kernel[(num_d_blocks, splits)](
                     hx, hm if hm is not None else hx, g, gw_part,
                     N, D, P, hx.stride(0), hm.stride(0) if hm is not None else 0,

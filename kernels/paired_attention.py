@@ -34,13 +34,13 @@ results are those of bfloat16 products with fp32 accumulation.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._common import check_device, device_ctx, interpreting
 
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 256
@@ -179,26 +179,18 @@ def _paired_attention_fwd_kernel(
 # ----------------------------------------------------------------------------- host side
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def block_m_for(meta, device: torch.device) -> int:
     """Queries per program: the longest segment rounded up to a power of two, in [16, 64]."""
     return max(16, min(64, triton.next_power_of_2(max(1, meta.longest))))
 
 
 def _launch_config(block_m: int, head_dim_block: int) -> dict[str, int]:
-    if _interpreting():
+    if interpreting():
         # Few, wide key tiles: interpreter cost is per executed op, not per element.
         return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 1}
     block_n = 64 if head_dim_block <= 128 else 32
     warps = 4 if block_m * head_dim_block <= 64 * 64 else 8
     return {"BLOCK_N": block_n, "num_warps": warps, "num_stages": 2}
-
-
-def _device_ctx(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -231,10 +223,7 @@ def paired_attention_fwd(
         raise TypeError(
             f"q, k, v must share one of {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}"
         )
-    if q.device.type != "cuda" and not _interpreting():
-        raise RuntimeError(
-            f"q is on {q.device}; Triton kernels need CUDA tensors or TRITON_INTERPRET=1"
-        )
+    check_device(q, "q")
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     if Hq % Hkv or tuple(k.shape) != (B, Hkv, prefix_len + T, D) or k.shape != v.shape:
@@ -251,8 +240,8 @@ def paired_attention_fwd(
         return out
     block_d = max(16, triton.next_power_of_2(D))
     cfg = _launch_config(block_m, block_d)
-    interpret_bf16 = _interpreting() and q.dtype == torch.bfloat16
-    with _device_ctx(q.device):
+    interpret_bf16 = interpreting() and q.dtype == torch.bfloat16
+    with device_ctx(q.device):
         _paired_attention_fwd_kernel[(n_blocks, Hq)](
             q, k, v, out,
             blk_seg, blk_q0, seg_row, seg_q_start, seg_q_end, seg_self_only,

@@ -28,12 +28,11 @@ float64 path on the caller's side. NaN/inf values propagate into their column's 
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._common import check_2d, device_ctx, interpreting
 
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -95,14 +94,10 @@ def _pearson_partials_kernel(
     tl.store(out + 4 * K, tl.sum(cxy, axis=0), mask=col_mask)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _config(N: int, K: int) -> tuple[int, int, int, int]:
     """(CHUNK_N, BLOCK_N, BLOCK_K, num_warps)."""
     k_pow2 = triton.next_power_of_2(max(1, K))
-    if _interpreting():
+    if interpreting():
         # Large tiles and chunks keep the interpreted loop count low.
         chunk_n, block_n, block_k, num_warps = 512, 256, max(16, min(256, k_pow2)), 4
     else:
@@ -117,20 +112,6 @@ def _config(N: int, K: int) -> tuple[int, int, int, int]:
     return chunk_n, block_n, block_k, num_warps
 
 
-def _check(a: torch.Tensor, name: str) -> torch.Tensor:
-    if a.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [N, K], got shape {tuple(a.shape)}")
-    if a.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} dtype {a.dtype} not supported (use one of {SUPPORTED_DTYPES})")
-    if a.device.type != "cuda" and not _interpreting():
-        raise RuntimeError(
-            f"{name} is on {a.device}; Triton kernels need CUDA tensors or TRITON_INTERPRET=1"
-        )
-    if a.shape[1] > 1 and a.stride(1) != 1:
-        a = a.contiguous()
-    return a
-
-
 def pearson_partials(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row-chunk Pearson statistics of the columns of ``x`` and ``y`` ([N, K]).
 
@@ -138,8 +119,8 @@ def pearson_partials(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
     ``stats[c]`` holds ``mean_x, mean_y, M2_x, M2_y, C_xy`` of chunk ``c`` (see the
     ``MEAN_X``... index constants). ``C = 0`` when ``N == 0``.
     """
-    x = _check(x, "x")
-    y = _check(y, "y")
+    x = check_2d(x, "x", SUPPORTED_DTYPES, " [N, K]")
+    y = check_2d(y, "y", SUPPORTED_DTYPES, " [N, K]")
     if x.shape != y.shape:
         raise ValueError(f"x shape {tuple(x.shape)} != y shape {tuple(y.shape)}")
     N, K = x.shape
@@ -156,8 +137,7 @@ def pearson_partials(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
         return counts, stats
 
     grid = (triton.cdiv(K, block_k), C)
-    ctx = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
-    with ctx:
+    with device_ctx(dev):
         _pearson_partials_kernel[grid](
             x, y, stats, N, K, x.stride(0), y.stride(0), chunk_n,
             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
