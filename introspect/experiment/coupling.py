@@ -38,6 +38,7 @@ from typing import Any
 
 from introspect._io import write_json_atomic
 from introspect._progress import format_seconds, say_stderr
+from introspect.errors import BadInputError
 from introspect.experiment.config import (
     OBJECTIVE_OF_TASK,
     PRESETS,
@@ -430,7 +431,7 @@ def rescore_coupling(out: str | Path, *, say: Callable[[str], None] = say_stderr
     out = Path(out)
     path = out / STATE_JSON
     if not path.is_file():
-        raise ExperimentError(f"{out}: no {STATE_JSON} here (not a coupling experiment)")
+        raise BadInputError(f"{out}: no {STATE_JSON} here (not a coupling experiment)")
     doc = json.loads(path.read_text(encoding="utf-8"))
     cfg = dataclasses.replace(_config_from_json(doc["config"]), out=str(out))
     stages = plan_stages(cfg)
@@ -442,7 +443,7 @@ def rescore_coupling(out: str | Path, *, say: Callable[[str], None] = say_stderr
         edir = out / args["task"] / f"eval-{args['cond'].name}"
         preds = edir / "predictions.jsonl"
         if not preds.is_file():
-            raise ExperimentError(f"{preds}: missing; the evaluation cannot be rescored")
+            raise BadInputError(f"{preds}: missing; the evaluation cannot be rescored")
         t0 = time.perf_counter()
         rows = recompute_metrics(preds, n_boot=cfg.n_boot, seed=cfg.seed)
         write_jsonl(edir / "metrics.jsonl", rows)
