@@ -442,6 +442,8 @@ def rescore_coupling(out: str | Path, *, say: Callable[[str], None] = say_stderr
             continue
         edir = out / args["task"] / f"eval-{args['cond'].name}"
         preds = edir / "predictions.jsonl"
+        if not preds.is_file() and preds.with_suffix(".jsonl.gz").is_file():
+            preds = preds.with_suffix(".jsonl.gz")  # a published run keeps them compressed
         if not preds.is_file():
             raise BadInputError(f"{preds}: missing; the evaluation cannot be rescored")
         t0 = time.perf_counter()

@@ -19,12 +19,17 @@ OBJECTIVE_NAMES = ("anti-sycophancy", "pro-sycophancy", "refusal-shift", "none")
 def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
+    from introspect.errors import UsageError
     from introspect.training.loop import TrainConfig, train
+    from introspect.training.objectives import TrainError
 
     # Every option named like a TrainConfig field sets it; TrainConfig checks them (a
     # TrainError names the bad ones).
     options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    config = TrainConfig(**options)
+    try:
+        config = TrainConfig(**options)
+    except TrainError as exc:  # settings that do not fit together: a command-line mistake
+        raise UsageError(str(exc)) from None
     doc = train(config, chat_template=args.chat_template, resume=args.resume)
     last = doc["log"][-1] if doc["log"] else {}
     print(
