@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,21 +140,15 @@ def read_pairs(path: str | os.PathLike, *, on_error: str = "fail") -> tuple[list
 
 
 def _atomic_write_lines(path: Path, lines: Iterable[str]) -> int:
+    """Streams ``lines`` (one per line, UTF-8) into ``path`` atomically; returns their count."""
+    from introspect._io import open_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-                f.write("\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path) as f:
+        for line in lines:
+            f.write(line.encode("utf-8") + b"\n")
+            n += 1
     return n
 
 
