@@ -96,6 +96,11 @@ def test_readme_headline_gaps_are_the_committed_ones():
         assert quoted in text, (task, quoted)
     assert "docs/results/coupling-full/figures/summary.png" in text
     assert (RUN / "figures" / "summary.png").is_file()
+    # ... beside ρ = r(current Δ, labels) at the same (last) checkpoint.
+    for task in ("sycophancy", "refusal"):
+        rows = read_jsonl(RUN / task / "eval-concurrent" / "behaviour.jsonl")
+        rho = rows[-1]["delta_vs_labels"]
+        assert f"{rho:.3f} ({task})" in text, (task, rho)
 
 
 def test_committed_metrics_are_those_of_the_committed_predictions():
