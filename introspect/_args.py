@@ -11,6 +11,9 @@ from typing import Any
 
 from introspect.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_USAGE, EXIT_WRITE
 
+# A parser or one of its argument groups: both take add_argument.
+Arguments = argparse.ArgumentParser | argparse._ArgumentGroup
+
 DEVICE_HELP = (
     "where the model runs: auto (a CUDA GPU if one is visible, else cpu), cpu, cuda, cuda:N"
 )
@@ -28,18 +31,18 @@ EXIT_CODES = (
 )
 
 
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
+def add_device_argument(parser: Arguments) -> None:
     """``--device`` (default ``auto``), checked by :func:`introspect.models.resolve_device`."""
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
-def add_chat_template_argument(parser: argparse.ArgumentParser) -> None:
+def add_chat_template_argument(parser: Arguments) -> None:
     parser.add_argument(
         "--chat-template", choices=CHAT_TEMPLATE_CHOICES, default="model", help=CHAT_TEMPLATE_HELP
     )
 
 
-def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:
+def add_json_argument(parser: Arguments, what: str) -> None:
     """``--json PATH``, the same on every subcommand: write ``what`` as JSON to PATH (``-``:
     standard output)."""
     parser.add_argument(

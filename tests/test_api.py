@@ -197,3 +197,36 @@ def test_a_wrong_model_is_one_clear_error(tmp_path, capsys):
     assert code != 0 and len(err) == 1 and err[0].startswith("introspect: error: "), err
     with pytest.raises(introspect.IntrospectError):
         introspect.extract("no-such-model", None, pairs, tmp_path / "run2")
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's example, run as written on a tiny model saved to a directory: only its
+    sizes are made small (each substitution must apply, so a changed example fails here)."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    code = next(b for b in blocks if "introspect.extract(" in b)
+    model_dir = tmp_path / "model"
+    tiny_llama(layers=3).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    for old, new in [
+        ('"path/to/model"', repr(str(model_dir))),
+        ("layers=[15]", "layers=[1]"),
+        ("hidden(15,", "hidden(1,"),
+        ("layer=15", "layer=1, steps=2, checkpoint_every=1, lr=1e-3"),
+        ('"sycophancy", 300', '"sycophancy", 30'),
+        ("pairs[:200]", "pairs[:20]"),
+        ("pairs[200:]", "pairs[20:]"),
+        ("model=model, tokenizer=tok\n)", "model=model, tokenizer=tok, n_boot=20\n)"),
+    ]:
+        assert code.count(old) >= 1, f"the README example no longer contains {old!r}"
+        code = code.replace(old, new)
+    (tmp_path / "build").mkdir()
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["run"].delta.shape == (30,)
+    assert scope["scores"]["checkpoints"] == [0, 1, 2]
+    assert {r["explainer"] for r in scope["scores"]["metrics"]} >= {"probe", "ridge-m0"}

@@ -176,54 +176,30 @@ def forward_packed(
     attention: str = "mask",
     attention_backend: str = "auto",
 ) -> ForwardResult:
+    """One forward of a packed batch: each item's choice log-probabilities (unless
+    ``need_logits`` is False, when the forward stops after the last captured layer) and the
+    hidden states of ``layers`` at every item's read positions (and span means with ``span``)."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    blocks = decoder_layers(model)
-    captured: dict[int, torch.Tensor] = {}
-    handles = []
-    last_needed = max(layers) if layers else -1
-    for layer in layers:
-        if not 0 <= layer < len(blocks):
-            raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} layers")
-
-        def hook(_module, _args, output, layer=layer):
-            captured[layer] = output[0] if isinstance(output, tuple) else output
-            if not need_logits and layer == last_needed:
-                raise _Stop
-
-        handles.append(blocks[layer].register_forward_hook(hook))
     if (len(prefix) if prefix is not None else 0) != batch.prefix_len:
         raise ValueError("the batch was packed for a different prefix than the one given")
+    device = next(model.parameters()).device
+    captured: dict[int, torch.Tensor] = {}
+    handles = _capture(model, layers, captured, stop=not need_logits)
     kwargs = {}
     if batch.prefix_len:
         kwargs["past_key_values"] = prefix.expand(batch.input_ids.shape[0])
     final = None
-    ctx = contextlib.ExitStack()
-    ctx.enter_context(
-        torch.autocast(device.type, dtype=autocast)
-        if autocast is not None
-        else torch.autocast(device.type, enabled=False)
-    )
-    if attention == "paired":
-        if batch.layout != "tree":
-            raise ValueError("paired attention needs the tree layout")
-        from introspect.engine.attention import paired_attention_context
-        from introspect.ops.paired_attention import segment_meta
-
-        meta = segment_meta(batch, device=device)
-        ctx.enter_context(paired_attention_context(model, meta, backend=attention_backend))
-    else:
-        kwargs["attention_mask"] = _attention_mask(model, batch.mask.to(device), dtype)
     try:
         if need_logits or layers:
-            with ctx:
+            ctx = _forward_context(model, batch, device, autocast, attention, attention_backend)
+            with ctx as mask_kwargs:
                 out = _base(model)(
                     input_ids=batch.input_ids.to(device),
                     position_ids=batch.position_ids.to(device),
                     use_cache=False,
                     **kwargs,
+                    **mask_kwargs,
                 )
             final = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     except _Stop:
@@ -231,30 +207,79 @@ def forward_packed(
     finally:
         for h in handles:
             h.remove()
-
-    logps = []
-    if need_logits:
-        logps = _choice_logps(model, batch, final, head)
-
-    hidden = {}
-    span_out = {}
-    if layers:
-        idx_r, idx_c = [], []
-        for k, item in enumerate(batch.items):
-            for end in item.ends:
-                r, c = batch.position(k, end)
-                idx_r.append(r)
-                idx_c.append(c)
-        idx_r = torch.tensor(idx_r, device=device)
-        idx_c = torch.tensor(idx_c, device=device)
-        span_index = _span_index(batch) if span else None
-        for layer in layers:
-            h = captured[layer]
-            hidden[layer] = h[idx_r, idx_c].float().cpu()
-            if span_index is not None:
-                n, ix, im = span_index
-                span_out[layer] = (_segment_mean(h, ix, n), _segment_mean(h, im, n))
+    logps = _choice_logps(model, batch, final, head) if need_logits else []
+    hidden, span_out = _gather_hidden(batch, captured, layers, span, device)
     return ForwardResult(logps, hidden, span_out)
+
+
+def _capture(model, layers: Sequence[int], captured: dict, stop: bool) -> list:
+    """Forward hooks storing each decoder layer's output in ``captured``; with ``stop`` the
+    forward is cut short by :class:`_Stop` once the last of them ran."""
+    blocks = decoder_layers(model)
+    last_needed = max(layers) if layers and stop else -1
+    handles = []
+    for layer in layers:
+        if not 0 <= layer < len(blocks):
+            for h in handles:
+                h.remove()
+            raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} layers")
+
+        def hook(_module, _args, output, layer=layer):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == last_needed:
+                raise _Stop
+
+        handles.append(blocks[layer].register_forward_hook(hook))
+    return handles
+
+
+@contextlib.contextmanager
+def _forward_context(model, batch: PackedBatch, device, autocast, attention, backend):
+    """Autocast (or explicitly none) and the attention of the batch's layout: the paired
+    attention op patched in for ``attention="paired"``, else a dense additive mask, which it
+    yields as the forward's keyword arguments."""
+    dtype = next(model.parameters()).dtype
+    with contextlib.ExitStack() as ctx:
+        ctx.enter_context(
+            torch.autocast(device.type, dtype=autocast)
+            if autocast is not None
+            else torch.autocast(device.type, enabled=False)
+        )
+        if attention == "paired":
+            if batch.layout != "tree":
+                raise ValueError("paired attention needs the tree layout")
+            from introspect.engine.attention import paired_attention_context
+            from introspect.ops.paired_attention import segment_meta
+
+            meta = segment_meta(batch, device=device)
+            ctx.enter_context(paired_attention_context(model, meta, backend=backend))
+            yield {}
+        else:
+            yield {"attention_mask": _attention_mask(model, batch.mask.to(device), dtype)}
+
+
+def _gather_hidden(batch: PackedBatch, captured: dict, layers, span: bool, device):
+    """The captured layers' hidden states at every item's read positions (fp32, on the CPU),
+    and with ``span`` the (x span, x' span) means per item."""
+    hidden, span_out = {}, {}
+    if not layers:
+        return hidden, span_out
+    idx_r, idx_c = [], []
+    for k, item in enumerate(batch.items):
+        for end in item.ends:
+            r, c = batch.position(k, end)
+            idx_r.append(r)
+            idx_c.append(c)
+    idx_r = torch.tensor(idx_r, device=device)
+    idx_c = torch.tensor(idx_c, device=device)
+    span_index = _span_index(batch) if span else None
+    for layer in layers:
+        h = captured[layer]
+        hidden[layer] = h[idx_r, idx_c].float().cpu()
+        if span_index is not None:
+            n, ix, im = span_index
+            span_out[layer] = (_segment_mean(h, ix, n), _segment_mean(h, im, n))
+    return hidden, span_out
 
 
 def _choice_logps(model, batch: PackedBatch, final: torch.Tensor, head: str):

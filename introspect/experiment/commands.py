@@ -83,6 +83,12 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         "eval functions, with a resumable state and a markdown report.",
     )
     esub = p.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", required=True)
+    _add_coupling_parser(esub)
+    _add_rescore_parser(esub)
+    return p
+
+
+def _add_coupling_parser(esub) -> None:
     c = esub.add_parser(
         "coupling",
         help="introspective coupling: Self vs Orig under concurrent post-training",
@@ -121,29 +127,8 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="experiment directory to create (or resume)")
     c.add_argument("--preset", choices=("quick", "full"), default="quick", help="sizes")
     c.add_argument("--seed", type=int, default=0, help="seed of pairs, training and bootstrap")
-    c.add_argument(
-        "--label-model",
-        help="also train on the delta of this model (another family); skipped with the reason "
-        "when it cannot be loaded",
-    )
     c.add_argument("--resume", action="store_true", help="skip the stages already completed")
     add_device_argument(c)
-    c.add_argument("--n-train", type=int, help="training pairs per task (preset's by default)")
-    c.add_argument("--n-held", type=int, help="held-out pairs per task")
-    c.add_argument("--steps", type=int, help="training steps per condition")
-    c.add_argument("--checkpoint-every", type=int, metavar="K", help="checkpoint every K steps")
-    c.add_argument("--n-boot", type=int, help="bootstrap replicates")
-    c.add_argument("--layer", type=int, help="probe layer (default: the middle layer)")
-    c.add_argument(
-        "--batch-tokens",
-        type=int,
-        help="token budget of one extraction forward (default 2048; raise it on a GPU)",
-    )
-    c.add_argument(
-        "--no-verbal",
-        action="store_true",
-        help="train and score only the probes, not the model as a verbal explainer",
-    )
     c.add_argument(
         "--pairs",
         action="append",
@@ -151,7 +136,39 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
         help="use these pair files for TASK instead of generating pairs",
     )
     add_json_argument(c, "the experiment's state (stages, their times and results)")
+    _add_size_arguments(c.add_argument_group("sizes (the preset's unless given)"))
+    _add_condition_arguments(c.add_argument_group("conditions"))
     c.set_defaults(func=_cmd_coupling)
+
+
+def _add_size_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--n-train", type=int, help="training pairs per task (preset's by default)")
+    g.add_argument("--n-held", type=int, help="held-out pairs per task")
+    g.add_argument("--steps", type=int, help="training steps per condition")
+    g.add_argument("--checkpoint-every", type=int, metavar="K", help="checkpoint every K steps")
+    g.add_argument("--n-boot", type=int, help="bootstrap replicates")
+    g.add_argument("--layer", type=int, help="probe layer (default: the middle layer)")
+    g.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="token budget of one extraction forward (default 2048; raise it on a GPU)",
+    )
+
+
+def _add_condition_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--label-model",
+        help="also train on the delta of this model (another family); skipped with the reason "
+        "when it cannot be loaded",
+    )
+    g.add_argument(
+        "--no-verbal",
+        action="store_true",
+        help="train and score only the probes, not the model as a verbal explainer",
+    )
+
+
+def _add_rescore_parser(esub) -> None:
     r = esub.add_parser(
         "rescore",
         help="recompute a coupling run's metrics from its predictions and rewrite its report",
@@ -165,7 +182,6 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
     r.add_argument("out", metavar="RUN", help="directory of a coupling experiment")
     add_json_argument(r, "the rescored experiment's state")
     r.set_defaults(func=_cmd_rescore)
-    return p
 
 
 def _cmd_rescore(args: argparse.Namespace) -> int:

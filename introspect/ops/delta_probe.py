@@ -348,6 +348,25 @@ def delta_probe(
     Returns:
         ``DeltaProbeOutput(pred, loss)``; ``loss`` is ``None`` without a target.
     """
+    mode = _check_mode(mode, h_mod, reduction)
+    target = _check_shapes(h_x, w, bias, target, h_mod)
+    N, D = h_x.shape
+    P = w.shape[0]
+    device = _checks.same_device(OP, h_x=h_x, h_mod=h_mod, w=w, bias=bias, target=target)
+
+    _, impl = _registry.select(OP, backend, device, h_x.dtype, {"N": N, "D": D, "P": P})
+    pred, sse = impl.fn(h_x, h_mod, w, bias, target)
+
+    out_dtype = h_x.dtype
+    for t in (w, bias, target):
+        if t is not None:
+            out_dtype = torch.promote_types(out_dtype, t.dtype)
+    loss = None if sse is None else _reduce(sse, reduction, N, P).to(out_dtype)
+    return DeltaProbeOutput(pred.to(out_dtype), loss)
+
+
+def _check_mode(mode: str | None, h_mod: torch.Tensor | None, reduction: str) -> str:
+    """The mode, defaulted from whether ``h_mod`` is given; one clear error for any mismatch."""
     mode = ("difference" if h_mod is not None else "direct") if mode is None else mode
     if mode not in ("direct", "difference"):
         raise ValueError(f"delta_probe: mode must be 'direct' or 'difference', got {mode!r}")
@@ -357,7 +376,12 @@ def delta_probe(
         raise ValueError("delta_probe: mode='direct' predicts from h_x alone; do not pass h_mod")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"delta_probe: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return mode
 
+
+def _check_shapes(h_x, w, bias, target, h_mod) -> torch.Tensor | None:
+    """Checks every tensor's dtype and shape against h_x [N, D] and w [P, D]; returns the target
+    as [N, P] (a [N] target is accepted when P == 1)."""
     _checks.floating(OP, "h_x", h_x, 2)
     _checks.floating(OP, "w", w, 2)
     N, D = h_x.shape
@@ -390,22 +414,13 @@ def delta_probe(
             raise ValueError(
                 f"delta_probe: target must be [N, P] = [{N}, {P}], got {list(target.shape)}"
             )
-    device = _checks.same_device(OP, h_x=h_x, h_mod=h_mod, w=w, bias=bias, target=target)
+    return target
 
-    _, impl = _registry.select(OP, backend, device, h_x.dtype, {"N": N, "D": D, "P": P})
-    pred, sse = impl.fn(h_x, h_mod, w, bias, target)
 
-    out_dtype = h_x.dtype
-    for t in (w, bias, target):
-        if t is not None:
-            out_dtype = torch.promote_types(out_dtype, t.dtype)
-    loss = None
-    if sse is not None:
-        if reduction == "mean":
-            loss = sse.sum() / (N * P)
-        elif reduction == "sum":
-            loss = sse.sum()
-        else:
-            loss = sse / N
-        loss = loss.to(out_dtype)
-    return DeltaProbeOutput(pred.to(out_dtype), loss)
+def _reduce(sse: torch.Tensor, reduction: str, N: int, P: int) -> torch.Tensor:
+    """The per-probe sums of squared errors [P] reduced as ``reduction`` asks."""
+    if reduction == "mean":
+        return sse.sum() / (N * P)
+    if reduction == "sum":
+        return sse.sum()
+    return sse / N

@@ -79,6 +79,21 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
             "\n" + EXIT_CODES
         ),
     )
+    for add in (
+        _add_input_arguments,
+        _add_objective_arguments,
+        _add_optimizer_arguments,
+        _add_verbal_arguments,
+        _add_control_arguments,
+        _add_checkpoint_arguments,
+    ):
+        add(p)
+    p.set_defaults(func=_cmd_train)
+    return p
+
+
+def _add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, its pairs and labels, and where the run goes."""
     p.add_argument("--model", required=True, help="alias, model directory, .gguf or hub id")
     p.add_argument("--pairs", required=True, help="training pair file (JSONL)")
     p.add_argument(
@@ -89,83 +104,106 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="training directory to create (or resume)")
     add_device_argument(p)
-    p.add_argument(
+
+
+def _add_objective_arguments(p: argparse.ArgumentParser) -> None:
+    """What the model trains on besides the probe (with --concurrent), and the loss weights."""
+    g = p.add_argument_group("objective and loss")
+    g.add_argument(
         "--concurrent",
         action="store_true",
         help="train the model on --objective too (default: model frozen)",
     )
-    p.add_argument(
+    g.add_argument(
         "--objective",
         choices=OBJECTIVE_NAMES,
         default="anti-sycophancy",
         help="behaviour objective with --concurrent (default anti-sycophancy)",
     )
-    p.add_argument(
-        "--layer",
-        type=int,
-        help="probe layer (negative counts from the end; default: the middle layer)",
-    )
-    p.add_argument("--steps", type=int, default=10, help="optimizer steps (default 10)")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
-    p.add_argument("--lr", type=float, default=1e-5, help="model learning rate (AdamW)")
-    p.add_argument("--probe-lr", type=float, default=1e-3, help="probe learning rate (AdamW)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="model weight decay")
-    p.add_argument("--w-behaviour", type=float, default=1.0, help="weight of L_behaviour")
-    p.add_argument("--w-explain", type=float, default=1.0, help="weight of L_explain")
-    p.add_argument(
+    g.add_argument("--w-behaviour", type=float, default=1.0, help="weight of L_behaviour")
+    g.add_argument("--w-explain", type=float, default=1.0, help="weight of L_explain")
+    g.add_argument(
         "--w-reg",
         type=float,
         default=0.0,
         help="weight of the KL regulariser on x' (default 0: off)",
     )
-    p.add_argument(
+    g.add_argument(
         "--explainer-grad-to-model",
         action="store_true",
         help="let L_explain's gradient reach the model (default: probe only)",
     )
-    p.add_argument(
+
+
+def _add_optimizer_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the probe reads, and the optimizer."""
+    g = p.add_argument_group("probe and optimizer")
+    g.add_argument(
+        "--layer",
+        type=int,
+        help="probe layer (negative counts from the end; default: the middle layer)",
+    )
+    g.add_argument("--steps", type=int, default=10, help="optimizer steps (default 10)")
+    g.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
+    g.add_argument("--lr", type=float, default=1e-5, help="model learning rate (AdamW)")
+    g.add_argument("--probe-lr", type=float, default=1e-3, help="probe learning rate (AdamW)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="model weight decay")
+
+
+def _add_verbal_arguments(p: argparse.ArgumentParser) -> None:
+    """The model as its own verbal explainer."""
+    g = p.add_argument_group("verbal explainer")
+    g.add_argument(
         "--verbal",
         action="store_true",
         help="with --concurrent: also train the model to state, after x and M0's answer, "
         "whether its answer would become more or less likely or stay the same without the "
         "feature (the verbal explainer; its settings go to OUT/verbal.json)",
     )
-    p.add_argument("--w-verbal", type=float, default=1.0, help="weight of L_verbal (default 1)")
-    p.add_argument(
+    g.add_argument("--w-verbal", type=float, default=1.0, help="weight of L_verbal (default 1)")
+    g.add_argument(
         "--verbal-threshold",
         type=float,
         metavar="T",
         help="|label| <= T is 'unchanged' for the verbal explainer (default: the 1/3 quantile "
         "of |label| over the training pairs)",
     )
-    p.add_argument(
+
+
+def _add_control_arguments(p: argparse.ArgumentParser) -> None:
+    """Label noise and the shuffled-label control."""
+    g = p.add_argument_group("controls")
+    g.add_argument(
         "--noise",
         type=float,
         default=0.0,
         metavar="P",
         help="resample this fraction of the training labels (seeded)",
     )
-    p.add_argument(
+    g.add_argument(
         "--shuffle-labels",
         action="store_true",
         help="permute the labels over the pairs (no-signal control)",
     )
-    p.add_argument(
+
+
+def _add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """Checkpoints, resume, seed and output."""
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument(
         "--checkpoint-every",
         type=int,
         default=5,
         metavar="K",
         help="checkpoint every K steps and at the end (default 5)",
     )
-    p.add_argument(
+    g.add_argument(
         "--optimizer-state",
         choices=("last", "all"),
         default="last",
         help="keep the optimizer state in the latest checkpoint only (default) or in all",
     )
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--seed", type=int, default=0, help="seed (batches, noise, shuffle)")
-    add_chat_template_argument(p)
-    add_json_argument(p, "train.json's contents")
-    p.set_defaults(func=_cmd_train)
-    return p
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    g.add_argument("--seed", type=int, default=0, help="seed (batches, noise, shuffle)")
+    add_chat_template_argument(g)
+    add_json_argument(g, "train.json's contents")

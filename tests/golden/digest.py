@@ -1,7 +1,13 @@
 """Digests of what `introspect extract` and `introspect experiment coupling` write on a tiny
-model: array files by sha256, manifests and logs with times, versions and paths taken out.
+model, and their comparison.
 
-``python digest.py OUT.json`` writes the digests of the current code into OUT.json;
+A digest records every result file: its sha256, and what it holds in a form that can be compared
+across machines (tensors by dtype, shape, sums and leading values; JSON and JSONL by their parsed
+values, with times, versions and paths taken out). On the machine that made the committed digest
+(same CPU, same torch) results must be the same bytes; elsewhere CPU kernels may round
+differently, so numbers must agree within a tight tolerance and everything else exactly.
+
+``python digest.py OUT.json`` writes the digests of the installed code into OUT.json;
 ``tests/test_golden.py`` compares the code under test with the digests committed here (made by
 the release before the library driver, commit 62984b7).
 """
@@ -10,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import platform
 import sys
 from pathlib import Path
 
@@ -22,6 +30,28 @@ TIMES = {"created_at", "updated_at", "completed_at", "introspect", "seconds", "w
 SKIP = {"state.json", "eval.json", "report.md", "results.json", "config.json",
         "generation_config.json", "tokenizer.json", "tokenizer_config.json",
         "special_tokens_map.json", "chat_template.jinja"}  # fmt: skip
+# Bytes that follow from the arrays: equal on the recording machine, not compared elsewhere.
+BYTES_KEYS = {"sha256"}
+RTOL, ATOL = 1e-4, 1e-5
+# Weights solved from few, correlated features (the ridge probe) move more than what they
+# predict: tensors get a looser tolerance than the numbers the results report.
+TENSOR_RTOL, TENSOR_ATOL = 2e-3, 1e-4
+HEAD = 16
+
+
+def machine() -> dict:
+    """What decides the rounding of CPU kernels: the CPU model and torch's version."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def _scrub(value, root: str):
@@ -34,6 +64,34 @@ def _scrub(value, root: str):
     return value
 
 
+def _tensors(path: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    out = {}
+    for name, a in sorted(load_file(str(path)).items()):
+        flat = a.astype("float64").ravel() if a.dtype.kind in "fiub" else None
+        entry = {"dtype": str(a.dtype), "shape": list(a.shape)}
+        if flat is not None:
+            entry["stats"] = [float(abs(flat).sum()), float((flat**2).sum())]  # no cancellation
+            entry["head"] = [float(v) for v in flat[:HEAD]]
+        out[name] = entry
+    return out
+
+
+def _file(path: Path, root: Path) -> dict:
+    data = path.read_bytes()
+    doc: dict = {"sha256": hashlib.sha256(data).hexdigest()}
+    if path.suffix == ".safetensors":
+        doc["tensors"] = _tensors(path)
+    elif path.suffix == ".json":
+        doc["json"] = _scrub(json.loads(data), str(root))
+    elif path.suffix == ".jsonl":
+        doc["jsonl"] = [_scrub(json.loads(line), str(root)) for line in data.splitlines()]
+    if path.name in ("manifest.json", "train.json", "labels.json", "verbal.json"):
+        del doc["sha256"]  # they hold times and paths; their values are compared instead
+    return doc
+
+
 def digest_tree(out: Path, root: Path) -> dict:
     """``{relative path: digest}`` for every file under ``out`` that carries results."""
     doc = {}
@@ -41,12 +99,46 @@ def digest_tree(out: Path, root: Path) -> dict:
         rel = path.relative_to(out).as_posix()
         if path.name in SKIP or path.suffix == ".png" or path.name.startswith("."):
             continue
-        if path.name in ("manifest.json", "train.json", "labels.json", "verbal.json"):
-            obj = json.loads(path.read_text(encoding="utf-8"))
-            doc[rel] = _scrub(obj, str(root))
-        else:
-            doc[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        doc[rel] = _file(path, root)
     return doc
+
+
+def differences(got, want, *, exact: bool, where: str = "") -> list[str]:
+    """Where ``got`` differs from ``want``: numbers beyond the tolerance (or at all when
+    ``exact``), anything else at all; ``sha256`` values only when ``exact``."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        out = []
+        if sorted(got) != sorted(want):
+            out.append(f"{where}: keys {sorted(set(got) ^ set(want))} differ")
+        for k in want:
+            if k in got and (exact or k not in BYTES_KEYS):
+                out += differences(got[k], want[k], exact=exact, where=f"{where}/{k}")
+        return out
+    if isinstance(want, list) and isinstance(got, list):
+        if len(got) != len(want):
+            return [f"{where}: {len(got)} items, not {len(want)}"]
+        out = []
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            out += differences(g, w, exact=exact, where=f"{where}[{i}]")
+        return out
+    numbers = (int, float)
+    if (isinstance(want, numbers) and isinstance(got, numbers)
+            and not isinstance(want, bool) and not isinstance(got, bool)):  # fmt: skip
+        if isinstance(want, int) and isinstance(got, int):
+            return [] if got == want else [f"{where}: {got} != {want}"]
+        if exact:
+            return (
+                []
+                if got == want or (got != got and want != want)
+                else [f"{where}: {got!r} != {want!r}"]
+            )
+        if math.isnan(want) and math.isnan(got):
+            return []
+        rtol, atol = (TENSOR_RTOL, TENSOR_ATOL) if "/tensors/" in where else (RTOL, ATOL)
+        if math.isclose(got, want, rel_tol=rtol, abs_tol=atol):
+            return []
+        return [f"{where}: {got!r} != {want!r} (beyond rtol {rtol}, atol {atol})"]
+    return [] if got == want else [f"{where}: {got!r} != {want!r}"]
 
 
 def make_model(root: Path) -> Path:
@@ -79,7 +171,11 @@ def run_all(root: Path) -> dict:
             assert main(argv) == 0, argv
     finally:
         os.chdir(cwd)
-    return {"extract": digest_tree(root / "run", root), "coupling": digest_tree(root / "exp", root)}
+    return {
+        "machine": machine(),
+        "extract": digest_tree(root / "run", root),
+        "coupling": digest_tree(root / "exp", root),
+    }
 
 
 if __name__ == "__main__":
@@ -87,4 +183,4 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as tmp:
         doc = run_all(Path(tmp))
-    Path(sys.argv[1]).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    Path(sys.argv[1]).write_text(json.dumps(doc, indent=0, sort_keys=True) + "\n")
