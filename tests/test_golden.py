@@ -1,8 +1,8 @@
 """`introspect extract` and `introspect experiment coupling` write, on a tiny model, what the
-release before the library driver wrote (its digests are committed in golden/before.json, see
-golden/digest.py): the same files, the same manifests and logs (times, versions and paths aside)
-and the same arrays — bitwise on the machine that recorded the digests, within a tight
-tolerance on another CPU, whose kernels may round differently."""
+releases named in golden/digest.py wrote (their digests are in golden/before.json): the same
+files, the same manifests and logs (times, versions and paths aside) and the same arrays —
+bitwise on the machine that recorded the digests, within a tight tolerance on another CPU,
+whose kernels may round differently."""
 
 from __future__ import annotations
 

@@ -11,10 +11,16 @@ current Δ (Self) and against the fixed labels (Orig). Explainers:
   checkpoint has one;
 - ``ridge-m0``: a ridge probe fitted once on the starting model's hidden states (frozen), applied
   to each checkpoint's hidden states;
-- ``verbal`` (where the run trained one): the checkpoint's model itself, asked after x and the
-  answer M0 gave how its answer would change without the feature; its answer is the binned
-  sentence with the highest log-probability. Categorical: it is scored against the current Δ and
-  the labels binned at the training run's threshold (exact match and changed-F1).
+- ``verbal`` (where the run has a verbal explainer: trained, or untrained with weight 0): the
+  checkpoint's model itself, asked how its answer would change without the feature (where the
+  format shows an answer first, it is this checkpoint's own answer on x); its answer is the
+  candidate sentence with the highest log-probability. Categorical: scored against the labels
+  binned at the training run's threshold (Orig) and against the checkpoint's own Δ binned at the
+  labels' share of "unchanged" (Self, rank-matched: the scale of Δ moves as the model trains);
+  ``verbal@m0-threshold`` is the same answers with the current Δ binned at the training
+  threshold instead;
+- ``verbal-score``: the same model's scalar score, log p(more likely) − log p(less likely),
+  scored by Pearson and Spearman like the probes.
 
 Output files in ``out``: ``predictions.jsonl`` (one record per checkpoint × explainer × pair:
 ``pred``, ``current``, ``label``), ``metrics.jsonl`` (one row per checkpoint × explainer ×
@@ -62,6 +68,7 @@ class Measured:
     h_mod: np.ndarray
     objective_logprob: float | None = None
     verbal: list[str] | None = None
+    verbal_score: np.ndarray | None = None
 
     @property
     def delta(self) -> np.ndarray:
@@ -189,25 +196,18 @@ class _Evaluation:
                 )
 
     def _verbal_setup(self) -> None:
-        """The verbal explainer's settings and M0's answers on x (what the follow-up shows,
-        as in training)."""
+        """The verbal explainer's settings, the labels binned at the training run's threshold,
+        and the fraction of them that is "unchanged", at which each checkpoint's own Δ is
+        binned (rank-matched bins)."""
         from introspect.training import checkpoint as ck
 
         self.verbal_doc = None
         if not self.doc.get("verbal"):
             return
-        import torch
-
-        from introspect.models import load_model
-        from introspect.training.loop import verbal_explainer
-
         self.verbal_doc = ck.read_json(self.train_dir / self.doc["verbal"])
         self.threshold = float(self.verbal_doc["threshold"])
         self.y_bins = bin_delta(self.y, self.threshold)
-        lm = load_model(self.base, dtype="float32", device=self.device)
-        with torch.no_grad():
-            ex = verbal_explainer(lm.model, self._tokenizer(lm), self.verbal_doc)
-            self.verbal_answers = ex.answers(self.pairs)
+        self.unchanged_share = float(np.mean(np.abs(self.y) <= self.threshold))
 
     def _tokenizer(self, lm):
         """``lm``'s tokenizer rendering chat prompts as the training run did (not changed)."""
@@ -260,8 +260,11 @@ class _Evaluation:
         if with_verbal:
             from introspect.training.loop import verbal_explainer
 
+            # Where the question follows an answer, it is this model's own answer on x.
             ex = verbal_explainer(lm.model, self._tokenizer(lm), self.verbal_doc)
-            got.verbal = ex.predict(self.pairs, answers=self.verbal_answers)
+            scores = ex.label_logprobs(self.pairs)
+            got.verbal = [max(d, key=lambda k, d=d: (d[k], -list(d).index(k))) for d in scores]
+            got.verbal_score = np.array([d["toward"] - d["away"] for d in scores])
         return got
 
     def score(self, step: int, got: Measured, explainers, verbal: bool) -> list[dict]:
@@ -278,15 +281,25 @@ class _Evaluation:
                 )
             )
         if verbal and got.verbal is not None:
+            records.extend(self._verbal_records(step, got))
+        return records
+
+    def _verbal_records(self, step: int, got: Measured) -> list[dict]:
+        """The verbal explainer's records: its answers against the checkpoint's own Δ binned at
+        the labels' share of "unchanged" (``verbal``: rank-matched, since the scale of Δ moves
+        as the model trains) and at the training run's threshold (``verbal@m0-threshold``), and
+        its scalar score log p(more likely) − log p(less likely) against Δ (``verbal-score``)."""
+        delta = got.delta
+        own = float(np.quantile(np.abs(delta), self.unchanged_share)) if len(delta) else 0.0
+        sides = [
+            ("verbal", got.verbal, bin_delta(delta, own), self.y_bins),
+            ("verbal@m0-threshold", got.verbal, bin_delta(delta, self.threshold), self.y_bins),
+            ("verbal-score", got.verbal_score, delta, self.y),
+        ]
+        records = []
+        for name, pred, current, labels in sides:
             records.extend(
-                prediction_records(
-                    self.ids,
-                    got.verbal,
-                    bin_delta(got.delta, self.threshold),
-                    self.y_bins,
-                    checkpoint=step,
-                    explainer="verbal",
-                )
+                prediction_records(self.ids, pred, current, labels, checkpoint=step, explainer=name)
             )
         return records
 
@@ -314,8 +327,10 @@ class _Evaluation:
         cached: tuple[Any, Measured] | None = None
         for step, model, explainers in plan:
             t0 = time.perf_counter()
-            if cached is None or (cached[0] is not model and cached[0] != model):
-                cached = (model, self.measure(model, step in verbal_steps))
+            wants_verbal = step in verbal_steps
+            same = cached is not None and (cached[0] is model or cached[0] == model)
+            if not same or (wants_verbal and cached[1].verbal is None):
+                cached = (model, self.measure(model, wants_verbal))
             got = cached[1]
             records.extend(self.score(step, got, explainers, step in verbal_steps))
             behaviour.append(self.behaviour_row(step, model, got))

@@ -48,7 +48,30 @@ def _config(args: argparse.Namespace):
         device=args.device,
         batch_tokens=args.batch_tokens,
         verbal=False if args.no_verbal else None,
+        setting=args.setting,
+        labels=args.labels,
+        objective=args.objective,
+        lr=args.lr,
+        w_reg=args.w_reg,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        verbal_format=args.verbal_format,
+        rho_targets=_floats(args.rho_targets, "--rho-targets"),
+        drift_steps=args.drift_steps,
+        drift_every=args.drift_every,
+        rho_threshold=args.rho_threshold,
     )
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    from introspect.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(f"{option} expects comma-separated numbers, got {text!r}") from None
 
 
 def _cmd_coupling(args: argparse.Namespace) -> int:
@@ -136,15 +159,58 @@ def _add_coupling_parser(esub) -> None:
         help="use these pair files for TASK instead of generating pairs",
     )
     add_json_argument(c, "the experiment's state (stages, their times and results)")
+    _add_setting_arguments(c.add_argument_group("setting and training"))
     _add_size_arguments(c.add_argument_group("sizes (the preset's unless given)"))
     _add_condition_arguments(c.add_argument_group("conditions"))
+    _add_earlier_arguments(c.add_argument_group("the earlier-checkpoint setting and verdicts"))
     c.set_defaults(func=_cmd_coupling)
+
+
+def _add_setting_arguments(g: argparse._ArgumentGroup) -> None:
+    from introspect.experiment.config import SETTINGS, VERBAL_FORMATS
+
+    g.add_argument(
+        "--setting",
+        choices=SETTINGS,
+        default="concurrent",
+        help="concurrent: explanation training while the model trains on the objective; "
+        "explain-only: explanation training alone; earlier-checkpoint: M0's labels explained "
+        "by later checkpoints M1 (default concurrent)",
+    )
+    g.add_argument(
+        "--labels",
+        default="self",
+        metavar="SOURCE",
+        help="where the fixed labels come from: self (M0), model:NAME (another model), earlier "
+        "(the earlier-checkpoint setting's, its default)",
+    )
+    g.add_argument(
+        "--objective",
+        choices=("anti-sycophancy", "pro-sycophancy", "refusal-shift", "none"),
+        help="behaviour objective (default: the task's: anti-sycophancy for sycophancy and "
+        "hint, refusal-shift for refusal)",
+    )
+    g.add_argument("--lr", type=float, help="model learning rate (the preset's by default)")
+    g.add_argument(
+        "--w-reg",
+        type=float,
+        help="weight of the behavioural regulariser: KL to the starting model's choice "
+        "distribution on x and x' (default 1)",
+    )
+    g.add_argument(
+        "--verbal-format",
+        choices=VERBAL_FORMATS,
+        help="binned: after x and its answer, more/less likely/unchanged; precursor: the "
+        "question in the same turn, the answer change by argmax (default binned)",
+    )
 
 
 def _add_size_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--n-train", type=int, help="training pairs per task (preset's by default)")
     g.add_argument("--n-held", type=int, help="held-out pairs per task")
     g.add_argument("--steps", type=int, help="training steps per condition")
+    g.add_argument("--epochs", type=int, help="passes over the training pairs (sets the steps)")
+    g.add_argument("--batch-size", type=int, help="pairs per step")
     g.add_argument("--checkpoint-every", type=int, metavar="K", help="checkpoint every K steps")
     g.add_argument("--n-boot", type=int, help="bootstrap replicates")
     g.add_argument("--layer", type=int, help="probe layer (default: the middle layer)")
@@ -165,6 +231,24 @@ def _add_condition_arguments(g: argparse._ArgumentGroup) -> None:
         "--no-verbal",
         action="store_true",
         help="train and score only the probes, not the model as a verbal explainer",
+    )
+
+
+def _add_earlier_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--rho-targets",
+        metavar="R,R,...",
+        help="save M1 where r(Δ_M1, Δ_M0) first falls below each (default 0.9,0.7,0.5,0.3; "
+        "quick: 0.9,0.5)",
+    )
+    g.add_argument("--drift-steps", type=int, help="at most this many steps from M0 to M1")
+    g.add_argument(
+        "--drift-every", type=int, metavar="K", help="measure r(Δ_M1, Δ_M0) every K steps"
+    )
+    g.add_argument(
+        "--rho-threshold",
+        type=float,
+        help="below this ρ a verdict is 'precondition not met' (default 0.5)",
     )
 
 

@@ -1,23 +1,39 @@
 """The introspective-coupling experiment, end to end, as resumable stages.
 
+Three settings (``ExperimentConfig.setting``), each on the same stages:
+
+- ``concurrent``: the model trains on the task's behaviour-shifting objective (anti-sycophancy
+  for sycophancy and hint, refusal-shift for refusal) and, at the same time, as its own verbal
+  explainer on the fixed labels, with the behavioural regulariser (``w_reg``); probes train
+  alongside on its current hidden states. Controls: the model frozen, the same run without
+  explanation training (``no-explanation``), shuffled labels, label noise, labels from another
+  model.
+- ``explain-only``: the model trains only to state its labels (verbal explainer, gradient into
+  its own weights), with the regulariser; Self is measured against the explanation-trained
+  model's own current Δ. Controls: no explanation training, shuffled labels, label noise.
+- ``earlier-checkpoint``: M0 is first post-trained on the objective alone (``drift``), and the
+  model is saved where r(Δ_M1, Δ_M0) on the held-out pairs first falls below each ρ target;
+  each such M1 is then explanation-trained (as in ``explain-only``) on M0's labels: Orig is
+  agreement with M0's labels, Self with the explained model's current Δ.
+
 For each task:
 
 1. ``pairs``: generate ``n_train + n_held`` pairs (or read the given pair files) and split them
    into training and held-out pairs;
-2. ``labels``: extract the starting model M0's Δ on all of them (the fixed labels), and, with a
-   ``label_model``, that model's Δ (labels from another family; when that model cannot be loaded
-   the stage and its condition are recorded as skipped, with the reason);
-3. ``train-<condition>``: train the explainers on the fixed labels: the direct and the difference
-   probe and, where the model trains, the model itself as the verbal explainer (``verbal``)
-   (:func:`introspect.training.train`) while the model trains on the task's behaviour-shifting
-   objective (``concurrent``), with the model frozen (``frozen``), with shuffled labels
-   (``shuffled``), with label noise (``noise-<p>``) or with the other model's labels
-   (``label-<model>``);
-4. ``eval-<condition>``: re-extract the current model's Δ on the held-out pairs at every
+2. ``labels``: extract M0's Δ on all of them (the fixed labels) and, with labels from another
+   model (``labels="model:NAME"`` or the ``label_model`` control), that model's Δ, with the
+   precondition ρ0 = r(its Δ, M0's Δ) on the held-out pairs measured and printed first (a model
+   that cannot be loaded has its stage and conditions recorded as skipped, with the reason);
+3. ``drift`` (``earlier-checkpoint`` only): the M1s, and ρ0 = r(Δ_M1, Δ_M0) of each;
+4. ``train-<condition>``: :func:`introspect.training.train` with the condition's settings;
+5. ``eval-<condition>``: re-extract the current model's Δ on the held-out pairs at every
    checkpoint and score Self and Orig (:func:`introspect.evaluation.checkpoints
    .evaluate_training`).
 
-Then ``report`` writes ``report.md`` from the evaluations' ``metrics.jsonl`` rows.
+Then ``report`` writes ``report.md``: per setting and checkpoint ρ_t, Self, Orig, the gap and the
+coupling index c with intervals, and verdicts over the whole trajectory, each naming the
+precondition (ρ above ``rho_threshold``) it met or missed, withheld where the explainer's
+shuffled-label control finds signal (:mod:`introspect.evaluation.decide`).
 
 ``state.json`` in the output directory lists the completed stages with their wall time; a run
 started again with ``resume=True`` skips them, and a stage that was interrupted is redone from
@@ -42,16 +58,19 @@ from introspect.errors import BadInputError
 from introspect.experiment.config import (
     OBJECTIVE_OF_TASK,
     PRESETS,
+    SETTINGS,
     Condition,
     ExperimentConfig,
     ExperimentError,
     conditions_for,
+    m1_name,
     plan_stages,
 )
 
 __all__ = [
     "OBJECTIVE_OF_TASK",
     "PRESETS",
+    "SETTINGS",
     "Condition",
     "ExperimentConfig",
     "ExperimentError",
@@ -203,7 +222,7 @@ class _Experiment:
         obj, tok = self.objects[which]
         if obj is not None:
             return load_model(obj, tokenizer=tok)
-        spec = self.cfg.model if which == "m0" else self.cfg.label_model
+        spec = self.cfg.model if which == "m0" else self.cfg.other_model
         return load_model(spec, dtype="float32", device=self.device)
 
     def main_layer(self) -> int:
@@ -253,7 +272,7 @@ class _Experiment:
         t0 = time.perf_counter()
         dest = self.label_dir(task, which)
         shutil.rmtree(dest, ignore_errors=True)
-        spec = self.cfg.model if which == "m0" else self.cfg.label_model
+        spec = self.cfg.model if which == "m0" else self.cfg.other_model
         try:
             lm = self.load(which)
             # A base model (no chat template) reads the chat prompts as a transcript.
@@ -278,9 +297,112 @@ class _Experiment:
                 raise
             shutil.rmtree(dest, ignore_errors=True)
             reason = " ".join(str(exc).split())
-            self.say(f"  no labels from {spec}: {reason}; its condition is skipped")
+            self.say(f"  no labels from {spec}: {reason}; its conditions are skipped")
             raise _Skip(reason, time.perf_counter() - t0) from None
-        return {"model": spec, "n": len(run.ids), "chat_template": template}
+        info = {"model": spec, "n": len(run.ids), "chat_template": template}
+        if which == "other":
+            info["precondition"] = self.precondition(task, run, f"Δ of {spec}")
+        return info
+
+    def precondition(self, task: str, labels_run: Any, what: str, current: Any = None):
+        """ρ0 = r(labels, Δ of the model to be explained) on the held-out pairs, measured
+        before training on labels from another model or checkpoint; printed and recorded."""
+        from introspect.data import read_pairs
+        from introspect.evaluation.decide import precondition
+        from introspect.labels import labels_from_run
+
+        held, _ = read_pairs(self.out / task / "held.jsonl")
+        ids = [p.id for p in held]
+        y = labels_from_run(labels_run, ids=ids).align(ids)
+        if current is None:
+            current = labels_from_run(self.label_dir(task, "m0"), ids=ids).align(ids)
+        pre = precondition(
+            current, y, threshold=self.cfg.rho_threshold, n_boot=self.cfg.n_boot, seed=self.cfg.seed
+        )
+        self.say(f"  precondition ({what} vs the explained model's Δ, held-out): {pre['text']}")
+        return pre
+
+    def stage_drift(self, name: str, task: str) -> dict[str, Any]:
+        """The earlier-checkpoint setting's M1s: M0 post-trained on the task objective alone
+        (no regulariser, no explanation), r(Δ_M1, Δ_M0) measured on the held-out pairs every
+        ``drift_every`` steps, and the model saved (``drift/m1-rho<τ>/model``) where r first
+        falls below each target τ. Targets not reached within ``drift_steps`` are recorded."""
+        import tempfile
+
+        import numpy as np
+
+        from introspect.data import read_pairs
+        from introspect.engine.driver import extract
+        from introspect.evaluation.metrics import pearson_r
+        from introspect.labels import labels_from_run
+        from introspect.training import TrainConfig
+        from introspect.training.setup import kept_state
+        from introspect.training.trainer import Trainer
+
+        cfg = self.cfg
+        dest = self.out / task / "drift"
+        shutil.rmtree(dest, ignore_errors=True)
+        held, _ = read_pairs(self.out / task / "held.jsonl")
+        ids = [p.id for p in held]
+        y0 = labels_from_run(self.label_dir(task, "m0"), ids=ids).align(ids)
+        tcfg = TrainConfig(
+            model=cfg.model,
+            pairs=str(self.out / task / "train.jsonl"),
+            labels=str(self.label_dir(task, "m0")),
+            out=str(dest / "train"),
+            objective=cfg.objective_of(task),
+            concurrent=True,
+            layer=self.main_layer(),
+            steps=cfg.drift_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            probe_lr=cfg.probe_lr,
+            difference_probe=False,
+            checkpoint_every=cfg.drift_steps,
+            seed=cfg.seed,
+            device=self.device,
+        )
+        model, tok = self.objects["m0"]
+        trainer = Trainer(tcfg, model=model, tokenizer=tok, say=_StepClock(name, self.say))
+        targets = sorted(cfg.rho_targets, reverse=True)
+        history, reached = [], {}
+        with kept_state(model):
+            trainer.setup()
+            for k in range(1, cfg.drift_steps + 1):
+                trainer.step(k)
+                if k % cfg.drift_every and k != cfg.drift_steps:
+                    continue
+                with tempfile.TemporaryDirectory(prefix="introspect-drift-") as tmp:
+                    run = extract(
+                        trainer.model, trainer.tok, held, Path(tmp) / "run",
+                        batch_tokens=cfg.batch_tokens, chat_template="auto", say=lambda _m: None,
+                    )  # fmt: skip
+                    r = float(pearson_r(np.asarray(run.delta), y0))
+                history.append({"step": k, "rho": r})
+                self.say(f"  [{name}] step {k}: r(Δ_M1, Δ_M0) on held-out pairs = {r:+.3f}")
+                while targets and r < targets[0]:
+                    where = dest / m1_name(targets[0]) / "model"
+                    trainer.model.save_pretrained(where)
+                    trainer.tok.save_pretrained(where)
+                    reached[m1_name(targets[0])] = {"target": targets[0], "step": k, "rho": r}
+                    self.say(f"  [{name}] saved {m1_name(targets[0])} at step {k}")
+                    targets.pop(0)
+                if not targets:
+                    break
+        shutil.rmtree(dest / "train", ignore_errors=True)  # its checkpoint is not needed
+        for t in targets:
+            self.say(f"  [{name}] ρ target {t:g} not reached in {cfg.drift_steps} steps")
+        return {"history": history, "reached": reached, "not_reached": targets}
+
+    def start_of(self, task: str, cond: Condition) -> str | None:
+        """The saved M1 a condition starts from (None: M0); a ``_Skip`` when it was not
+        reached."""
+        if cond.start == "m0":
+            return None
+        info = self.state.info(f"{task}/drift")
+        if cond.start not in info.get("reached", {}):
+            raise _Skip(f"{cond.start} not reached: r(Δ_M1, Δ_M0) stayed above its target")
+        return str(self.out / task / "drift" / cond.start / "model")
 
     def stage_train(self, name: str, task: str, cond: Condition) -> dict[str, Any]:
         from introspect.training import TrainConfig, train
@@ -288,30 +410,33 @@ class _Experiment:
         cfg = self.cfg
         skipped = self.state.info(f"{task}/labels-{cond.labels}").get("skipped")
         if skipped:
-            self.say(f"  skipped: the labels of {cfg.label_model} are missing ({skipped})")
-            raise _Skip(f"{cfg.label_model} not available: {skipped}")
+            self.say(f"  skipped: the labels of {cfg.other_model} are missing ({skipped})")
+            raise _Skip(f"{cfg.other_model} not available: {skipped}")
+        start = self.start_of(task, cond)
         dest = self.out / task / f"train-{cond.name}"
         shutil.rmtree(dest, ignore_errors=True)
         tcfg = TrainConfig(
-            model=cfg.model,
+            model=start or cfg.model,
             pairs=str(self.out / task / "train.jsonl"),
             labels=str(self.label_dir(task, cond.labels)),
             out=str(dest),
-            objective=OBJECTIVE_OF_TASK[task],
+            objective=cfg.objective_of(task) if cond.behaviour else "none",
             concurrent=cond.concurrent,
             layer=self.main_layer(),
-            steps=cfg.steps,
+            steps=cfg.train_steps,
             batch_size=cfg.batch_size,
             lr=cfg.lr,
             probe_lr=cfg.probe_lr,
+            w_reg=cfg.w_reg if cond.concurrent else 0.0,
             noise=cond.noise,
             shuffle_labels=cond.shuffle,
-            checkpoint_every=cfg.checkpoint_every if cond.trajectory else cfg.steps,
-            verbal=cfg.verbal and cond.concurrent,
+            checkpoint_every=cfg.checkpoint_every if cond.trajectory else cfg.train_steps,
+            verbal=cfg.verbal,
+            w_verbal=1.0 if cond.explain else 0.0,
             seed=cfg.seed,
             device=self.device,
         )
-        model, tok = self.objects["m0"]
+        model, tok = self.objects["m0"] if start is None else (None, None)
         kw = {} if model is None else {"model": model, "tokenizer": tok}
         doc = train(tcfg, say=_StepClock(name, self.say), **kw)
         return {"steps": doc["step"], "layer": doc["layer"], "train_s": doc["wall_s"]}
@@ -325,7 +450,7 @@ class _Experiment:
         tdir = self.out / task
         dest = tdir / f"eval-{cond.name}"
         shutil.rmtree(dest, ignore_errors=True)
-        model, tok = self.objects["m0"]
+        model, tok = self.objects["m0"] if cond.start == "m0" else (None, None)
         summary = evaluate_training(
             tdir / f"train-{cond.name}",
             tdir / "held.jsonl",
@@ -416,6 +541,10 @@ def _config_from_json(d: dict[str, Any]) -> ExperimentConfig:
     d = dict(d)
     d["tasks"] = tuple(d["tasks"])
     d["noise_levels"] = tuple(d["noise_levels"])
+    if "rho_targets" in d:
+        d["rho_targets"] = tuple(d["rho_targets"])
+    if "setting" not in d:  # a run made before the settings: concurrent, unregularised
+        d.update(setting="concurrent", w_reg=0.0)
     d["pair_files"] = {k: tuple(v) for k, v in d.get("pair_files", {}).items()}
     known = {f.name for f in dataclasses.fields(ExperimentConfig)}
     return ExperimentConfig(**{k: v for k, v in d.items() if k in known})

@@ -11,10 +11,10 @@ from typing import Any
 
 from introspect._io import write_atomic, write_json_atomic
 
-__all__ = ["collect_results", "final_rows", "verdict", "write_report"]
+__all__ = ["collect_results", "final_rows", "write_report"]
 
 METRIC = "pearson"
-EXPLAINERS = ("probe", "probe-diff", "verbal", "ridge-m0")
+EXPLAINERS = ("probe", "probe-diff", "verbal", "verbal-score", "ridge-m0")
 # The metric each explainer is reported with: Pearson r for the scalar probes, Cohen's kappa of
 # the three bins for the verbal explainer (0 = chance, as for r; exact match and changed-F1 are
 # in metrics.jsonl too).
@@ -60,58 +60,6 @@ def collect_results(out: Path, stages, state: dict[str, Any]) -> list[dict[str, 
             entry["skipped"] = "not evaluated"
         results.append(entry)
     return results
-
-
-def _ci(r: dict[str, Any] | None) -> str:
-    if not r or r.get("value") is None:
-        return "n/a"
-    s = f"{r['value']:+.3f}"
-    if r.get("lo") is not None and r.get("hi") is not None:
-        s += f" [{r['lo']:+.2f}, {r['hi']:+.2f}]"
-    return s
-
-
-def verdict(r: dict[str, Any] | None, *, expect: str = "positive") -> str:
-    """``supported`` when the 95% interval lies above 0 (below 0 with ``expect="negative"``...),
-    ``contradicted`` when it lies on the other side, else ``not supported``."""
-    if not r or r.get("value") is None or r.get("lo") is None or r.get("hi") is None:
-        return "undetermined (no interval)"
-    above, below = r["lo"] > 0, r["hi"] < 0
-    if expect == "positive":
-        if above:
-            return "supported"
-        return "contradicted" if below else "not supported"
-    if expect == "zero":
-        return "consistent" if not (above or below) else "not consistent"
-    raise ValueError(expect)
-
-
-def _claim(
-    text: str,
-    entry: dict[str, Any] | None,
-    side: str,
-    expect: str = "positive",
-    explainer: str = "probe",
-) -> str:
-    if entry is None:
-        return f"- {text}: not tested in this run."
-    if "skipped" in entry:
-        return f"- {text}: not tested (skipped: {entry['skipped']})."
-    rows = entry["rows"].get(explainer) or {}
-    if not rows:
-        return f"- {text}: not tested (no {explainer} in this run)."
-    r = rows.get(side)
-    name = {"gap": "gap", "self": "Self", "orig": "Orig"}[side]
-    said = verdict(r, expect=expect)
-    caveat = ""
-    own = rows.get("self")
-    if side == "gap" and said == "supported" and not (own and (own.get("lo") or 0) > 0):
-        # Self above Orig without Self above chance: the gap comes from Orig below chance.
-        caveat = f"; but Self {_ci(own)} is not above chance, so the gap comes from Orig below it"
-    return (
-        f"- {text}: **{said}** ({name} {_ci(r)} with 95% CI; "
-        f"{entry['task']}/{entry['condition']}, {explainer}, last checkpoint{caveat})."
-    )
 
 
 def _summary_plot(results: list[dict[str, Any]], path: Path) -> Path | None:
@@ -195,20 +143,22 @@ def _figures(out: Path, results: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 _DEFINITIONS = (
-    "Self = Pearson r between the probe's prediction of Δ and the *current* model's Δ "
-    "(re-extracted at the checkpoint on held-out pairs); Orig = Pearson r with the fixed "
-    "labels it was trained on (for the label-model condition: that model's Δ); gap = "
-    "Self − Orig. Intervals: paired bootstrap, 95%, over held-out pairs. Every number "
-    "below is read from the `metrics.jsonl` (and `behaviour.jsonl`) of the evaluation "
-    "directory named in the table. Explainers: `probe` (linear, on the hidden state of x, "
-    "trained alongside the model), `probe-diff` (linear, on h(x') − h(x), trained alongside "
-    "it), `verbal` (the model itself, trained alongside to say whether its answer would "
-    "become more likely, less likely or stay the same without the feature; scored by "
-    "**Cohen's κ** of those three bins against the current Δ and the labels binned at "
-    "the training threshold: agreement beyond what the two label distributions give by "
-    "chance, 0 for chance and for a constant answer, 1 for perfect; it exists only where "
-    "the model trains) and `ridge-m0` (ridge on the starting model's hidden states, "
-    "fitted once)."
+    "Self = agreement of an explainer's prediction of Δ with the *current* model's Δ "
+    "(re-extracted at the checkpoint on held-out pairs); Orig = agreement with the fixed "
+    "labels it was trained on; gap = Self − Orig. ρ_t = r(current Δ, labels): an explainer "
+    "that merely imitates its labels scores Self ≈ Orig·ρ_t, so where ρ_t is low Self < Orig "
+    "is forced and the claim is not tested. c = a/(a + b) from regressing the standardised "
+    "prediction on the standardised current Δ (a) and labels (b): 0 pure imitation, 1 pure "
+    "tracking, above 0.5 tracks more than it imitates. Intervals: paired bootstrap, 95%, over "
+    "held-out pairs; trajectory values are means over the checkpoints after the start, with "
+    "pairs resampled jointly across them. Explainers: `probe` (linear, on the hidden state of "
+    "x, trained alongside), `probe-diff` (linear, on h(x') − h(x)), `verbal` (the model "
+    "itself, stating how its answer would change without the feature; Cohen's κ of its "
+    "answers against the current Δ binned at the labels' share of unchanged, and the labels "
+    "binned at the training threshold), `verbal-score` (the same model's log p(more likely) − "
+    "log p(less likely), Pearson r like the probes) and `ridge-m0` (ridge on the starting "
+    "model's hidden states, fitted once). Every number is recomputed from the "
+    "`predictions.jsonl` of the evaluation directory named."
 )
 
 
@@ -217,8 +167,8 @@ def _header(cfg, state: dict[str, Any], figures) -> list[str]:
     lines = [
         "# Introspective coupling experiment",
         "",
-        f"Model `{cfg.model}`, tasks {', '.join(cfg.tasks)}, preset `{cfg.preset}`, seed "
-        f"{cfg.seed}; "
+        f"Model `{cfg.model}`, setting **{cfg.setting}**, labels `{cfg.labels}`, tasks "
+        f"{', '.join(cfg.tasks)}, preset `{cfg.preset}`, seed {cfg.seed}; "
         + (f"started {state['started_utc']}, " if state.get("started_utc") else "")
         + f"report written {env['date']} ({env['machine']}; torch {env['torch']}, "
         f"{env['torch_threads']} threads; introspect {env['introspect']}).",
@@ -260,8 +210,8 @@ def _results_table(results: list[dict[str, Any]]) -> list[str]:
             step = rows.get("self", {}).get("checkpoint", "")
             lines.append(
                 f"| {e['task']} | {e['condition']} | {expl} | {metric_of(expl)} | {step} | "
-                f"{_ci(rows.get('self'))} "
-                f"| {_ci(rows.get('orig'))} | {_ci(rows.get('gap'))} | "
+                f"{_est(rows.get('self'))} "
+                f"| {_est(rows.get('orig'))} | {_est(rows.get('gap'))} | "
                 f"{'n/a' if rdl is None else f'{rdl:+.3f}'} | `{e['dir']}/metrics.jsonl` |"
             )
     lines += ["", "Conditions:", ""]
@@ -292,86 +242,72 @@ def _behaviour_table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _task_claims(cfg, task: str, by: dict) -> list[str]:
-    concurrent = by.get((task, "concurrent"))
-    claims = [
-        _claim(f"Self > Orig under concurrent post-training ({task})", concurrent, "gap"),
-        _claim(
-            f"Self > Orig under concurrent post-training, difference probe ({task})",
-            concurrent,
-            "gap",
-            explainer="probe-diff",
-        ),
-        _claim(
-            f"Self > Orig under concurrent post-training, verbal explainer ({task})",
-            concurrent,
-            "gap",
-            explainer="verbal",
-        ),
-        _claim(f"The probe learns the fixed labels (Orig > 0, {task})", concurrent, "orig"),
-    ]
-    for p in cfg.noise_levels:
-        if (task, f"noise-{p:g}") in by:
-            for expl in ("probe", "verbal"):
-                claims.append(
-                    _claim(
-                        f"Self > Orig survives {p:.0%} label noise ({task}, {expl})",
-                        by[(task, f"noise-{p:g}")],
-                        "gap",
-                        explainer=expl,
-                    )
-                )
-    if cfg.label_model and (task, f"label-{cfg.label_model}") in by:
-        for expl in ("probe", "verbal"):
-            claims.append(
-                _claim(
-                    f"Self > Orig with labels from another model ({cfg.label_model}, "
-                    f"{task}, {expl})",
-                    by[(task, f"label-{cfg.label_model}")],
-                    "gap",
-                    explainer=expl,
-                )
-            )
-    claims.append(
-        _claim(
-            f"Control, frozen model: gap consistent with 0 ({task})",
-            by.get((task, "frozen")),
-            "gap",
-            "zero",
-        )
-    )
-    if (task, "shuffled") in by:
-        claims.append(
-            _claim(
-                f"Control, shuffled labels: Self consistent with 0 ({task})",
-                by[(task, "shuffled")],
-                "self",
-                "zero",
-            )
-        )
-    return claims
+def _est(r: dict[str, Any] | None, digits: int = 3) -> str:
+    if not r or r.get("value") is None:
+        return "n/a"
+    s = f"{r['value']:+.{digits}f}"
+    if r.get("lo") is not None and r.get("hi") is not None:
+        s += f" [{r['lo']:+.2f}, {r['hi']:+.2f}]"
+    return s
 
 
-def _claims_section(cfg, results: list[dict[str, Any]]) -> list[str]:
-    by = {(e["task"], e["condition"]): e for e in results}
-    lines = ["", "## Which of the paper's claims held here", ""]
-    for task in cfg.tasks:
-        lines += _task_claims(cfg, task, by)
-    if not cfg.label_model:
-        lines.append(
-            "- Self > Orig with labels from another model family: not tested (no "
-            "`--label-model` given)."
-        )
-    if "refusal" not in cfg.tasks:
-        lines.append("- Self > Orig for refusal: not tested (task not run).")
-    quick = "; the small samples of a quick run give wide intervals."
-    lines += [
-        "",
-        '"supported": the 95% interval lies above 0; "not supported": it includes 0; '
-        '"contradicted": it lies below 0. "Not supported" means this run cannot tell, not that '
-        "the claim is false" + (quick if cfg.preset == "quick" else "."),
-    ]
+SHOWN = ("probe", "verbal-score", "probe-diff")
+
+
+def _checkpoint_tables(entries: list[dict[str, Any]]) -> list[str]:
+    """Per condition: ρ_t, Self, Orig, the gap and c at every checkpoint, per explainer."""
+    lines = ["", "## Per checkpoint: ρ_t, Self, Orig, gap and c", ""]
+    for e in entries:
+        lines += [
+            f"**{e['task']} / {e['condition']}** ({e['description']})",
+            "",
+            "| step | explainer | ρ_t | Self | Orig | gap | c |",
+            "|---:|---|---|---|---|---|---|",
+        ]
+        for expl in SHOWN:
+            st = e["explainers"].get(expl)
+            for row in st["checkpoints"] if st else []:
+                lines.append(
+                    f"| {row['checkpoint']} | {expl} | {_est(row['rho'])} | {_est(row['self'])} "
+                    f"| {_est(row['orig'])} | {_est(row['gap'])} | {_est(row['c'], 2)} |"
+                )
+        lines.append("")
     return lines
+
+
+def _verdicts_section(cfg, entries: list[dict[str, Any]]) -> list[str]:
+    """Verdicts over each trajectory, each naming the precondition it met or missed."""
+    lines = [
+        "## Verdicts over the trajectory",
+        "",
+        f"A claim is tested only where the smallest ρ_t over the checkpoints the verdict rests "
+        f"on reaches {cfg.rho_threshold:g}; below it the verdict is *precondition not met* "
+        "(not evidence either way). An explainer whose shuffled-label control finds signal "
+        "(its Self interval excludes 0) has its verdicts withheld.",
+        "",
+        "| task | condition | explainer | mean gap | mean ρ | min ρ_t | mean c | ρ0 | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        for expl, st in e["explainers"].items():
+            t, v = st["trajectory"], st["verdict"]
+            if e["control_of_others"]:  # the shuffled-label control: its Self should be 0
+                self_ = t["self.pearson"]
+                ok = self_.get("lo") is not None and self_["lo"] <= 0 <= self_["hi"]
+                lines.append(
+                    f"| {e['task']} | {e['condition']} | {expl} | Self {_est(self_)} | "
+                    f"{_est(t['rho'])} | {_est(t['rho_min'])} | — | — | control "
+                    f"**{'passed' if ok else 'failed'}** (Self should be consistent with 0) |"
+                )
+                continue
+            pre = v.get("rho0")
+            rho0 = "—" if not pre or pre.get("rho") is None else f"{pre['rho']:+.3f}"
+            lines.append(
+                f"| {e['task']} | {e['condition']} | {expl} | {_est(t['gap.pearson'])} | "
+                f"{_est(t['rho'])} | {_est(t['rho_min'])} | {_est(t['c'], 2)} | {rho0} | "
+                f"**{v['verdict']}**: {v['text']} |"
+            )
+    return [*lines, ""]
 
 
 def _wall_time_section(state: dict[str, Any], stages) -> list[str]:
@@ -395,11 +331,16 @@ def _wall_time_section(state: dict[str, Any], stages) -> list[str]:
 def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
     """Writes ``report.md``, ``results.json`` and ``figures/summary.png`` into ``out``."""
     out = Path(out)
+    from introspect.experiment.verdicts import experiment_verdicts
+
     results = collect_results(out, stages, state)
+    entries = experiment_verdicts(out, cfg, stages, state)
+    write_json_atomic(out / "verdicts.json", entries)
     lines = _header(cfg, state, _figures(out, results))
+    lines += _verdicts_section(cfg, entries)
     lines += _results_table(results)
     lines += _behaviour_table(results)
-    lines += _claims_section(cfg, results)
+    lines += _checkpoint_tables(entries)
     lines += _wall_time_section(state, stages)
     lines += ["", "## Configuration", "", "```json", json.dumps(cfg.to_json(), indent=2), "```", ""]
     path = out / "report.md"

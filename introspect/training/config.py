@@ -45,6 +45,8 @@ class TrainConfig:
     verbal: bool = False
     w_verbal: float = 1.0
     verbal_threshold: float | None = None
+    verbal_format: str = "binned"
+    verbal_answers: str | None = None
     noise: float = 0.0
     shuffle_labels: bool = False
     checkpoint_every: int = 5
@@ -80,11 +82,17 @@ class TrainConfig:
             problems.append(
                 f"optimizer_state must be 'last' or 'all', got {self.optimizer_state!r}"
             )
-        if self.verbal and not self.concurrent:
+        if self.verbal and self.w_verbal > 0 and not self.concurrent:
             problems.append(
                 "the verbal explainer is the model itself: it needs concurrent training "
-                "(the model is frozen)"
+                "(the model is frozen; with w_verbal 0 its untrained answers are scored)"
             )
+        if self.verbal_format not in ("binned", "precursor"):
+            problems.append(
+                f"verbal_format must be 'binned' or 'precursor', got {self.verbal_format!r}"
+            )
+        if self.verbal_answers is not None and self.verbal_format != "precursor":
+            problems.append("verbal_answers are the precursor format's; set verbal_format")
         if self.verbal_threshold is not None and not (
             math.isfinite(float(self.verbal_threshold)) and float(self.verbal_threshold) >= 0
         ):

@@ -20,9 +20,11 @@ Per step, on a minibatch of training pairs::
   the fixed label binned at ``verbal_threshold`` (None: the 1/3 quantile of |label| over the
   training labels as trained on, after any noise, so about a third are "unchanged"). The
   threshold and M0's answers are kept in ``verbal.json`` so evaluation asks the same questions;
-- ``L_reg`` (with ``concurrent`` and ``w_reg > 0``): mean KL(p_M0 ‖ p_θ) of the choice
-  distribution on x' (the input without the cue), which keeps behaviour on non-cue inputs close
-  to the start.
+- ``L_reg`` (with ``concurrent`` and ``w_reg > 0``), the behavioural regulariser: the mean over
+  the minibatch of ½·(KL(p_start ‖ p_θ) on x + KL(p_start ‖ p_θ) on x'), where p is the choice
+  distribution (renormalised over the pair's choices) and p_start that of the model the run
+  started from (M0, or whatever model it was given), measured once before the first step. It
+  keeps the model's behaviour, with and without the feature, close to where it started.
 
 Without ``concurrent`` the model is frozen and only the probe trains: the control. The model is
 kept in eval mode (no dropout), so a step is a deterministic function of the weights, the

@@ -166,9 +166,11 @@ def kept_state(model: Any) -> Iterator[None]:
 @torch.no_grad()
 def initial_pass(model, enc_x, enc_mod, layer: int, want_ref: bool, want_mod: bool, batch: int):
     """M0's hidden states of x at ``layer`` [N, D] (float64), of x' when ``want_mod`` (else
-    None) and, when ``want_ref``, its choice log-probabilities on x' (a flat float64 array and
-    the per-pair choice counts)."""
-    hs, hms, refs = [], [], []
+    None) and, when ``want_ref``, its choice log-probabilities on x' and on x, the behavioural
+    regulariser's reference: ``{"mod": (flat, counts), "x": (flat, counts)}`` (float64 flat
+    arrays and the per-pair choice counts; empty without ``want_ref``)."""
+    hs, hms = [], []
+    refs: dict[str, list[torch.Tensor]] = {"mod": [], "x": []}
     for lo in range(0, len(enc_x), batch):
         chunk = enc_x[lo : lo + batch]
         _, h = target_forward(model, chunk, [0] * len(chunk), layer=layer)
@@ -178,13 +180,16 @@ def initial_pass(model, enc_x, enc_mod, layer: int, want_ref: bool, want_mod: bo
             _, hm = target_forward(model, chunk_mod, [0] * len(chunk_mod), layer=layer)
             hms.append(hm.double().cpu())
         if want_ref:
-            refs.extend(choice_logps(model, enc_mod[lo : lo + batch]))
+            refs["mod"].extend(choice_logps(model, enc_mod[lo : lo + batch]))
+            refs["x"].extend(choice_logps(model, chunk))
     h0 = torch.cat(hs).numpy()
     h0_mod = torch.cat(hms).numpy() if want_mod else None
-    if not want_ref:
-        return h0, h0_mod, np.zeros(0), np.zeros(0, dtype=np.int64)
-    counts = np.array([len(r) for r in refs], dtype=np.int64)
-    return h0, h0_mod, torch.cat(refs).double().cpu().numpy(), counts
+    flat = {}
+    for side, got in refs.items():
+        counts = np.array([len(r) for r in got], dtype=np.int64)
+        values = torch.cat(got).double().cpu().numpy() if got else np.zeros(0)
+        flat[side] = (values, counts)
+    return h0, h0_mod, flat
 
 
 def standardiser(h: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

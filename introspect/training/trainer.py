@@ -47,6 +47,13 @@ def batch_rows(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
+def _split(flat: torch.Tensor | None, counts: torch.Tensor | None) -> list[torch.Tensor]:
+    """Per-pair tensors of a flat tensor and its per-pair counts (none when empty)."""
+    if flat is None or counts is None or not len(counts):
+        return []
+    return list(torch.split(flat, [int(c) for c in counts]))
+
+
 class Trainer:
     """One run into ``config.out`` (see :func:`introspect.training.train` for the arguments).
 
@@ -159,22 +166,29 @@ class Trainer:
             init = load_file(str(self.out / _INIT_FILE))
             self.mu64, self.sd64 = init["feat_mean"], init["feat_scale"]
             self.mu_d64, self.sd_d64 = init.get("diff_mean"), init.get("diff_scale")
-            ref_flat, ref_counts = init["ref_logps"], init["ref_counts"]
+            if want_ref and "ref_logps_x" not in init:
+                raise TrainError(
+                    f"{self.out}: its starting pass has no reference on x for the regulariser "
+                    "(an older run); start afresh"
+                )
         else:
-            ref_flat, ref_counts = self._measure_m0(want_ref)
-        counts = [int(c) for c in ref_counts]
-        self.refs = list(torch.split(ref_flat, counts)) if len(ref_counts) else []
+            init = self._measure_m0(want_ref)
+        # The regulariser's reference: the starting model's choice log-probabilities on x' and
+        # on x, per pair (none without the regulariser).
+        self.refs = _split(init["ref_logps"], init["ref_counts"])
+        self.refs_x = _split(init.get("ref_logps_x"), init.get("ref_counts_x"))
 
-    def _measure_m0(self, want_ref: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _measure_m0(self, want_ref: bool) -> dict[str, torch.Tensor]:
         """M0's pass on a fresh start: the feature standardisers and the regulariser's reference
-        (saved in ``init.safetensors``), the labels as used and the ridge probe on M0."""
+        (saved in ``init.safetensors``, whose tensors it returns), the labels as used and the
+        ridge probe on M0."""
         from safetensors.torch import save_file
 
         from introspect.labels import save_labels
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        h0, h0_mod, ref_flat_np, counts_np = su.initial_pass(
+        h0, h0_mod, refs = su.initial_pass(
             self.model,
             self.enc_x,
             self.enc_mod,
@@ -184,13 +198,15 @@ class Trainer:
             max(cfg.batch_size, 8),
         )
         self.mu64, self.sd64 = su.standardiser(h0)
-        ref_flat, ref_counts = torch.from_numpy(ref_flat_np), torch.from_numpy(counts_np)
         init_tensors = {
             "feat_mean": self.mu64,
             "feat_scale": self.sd64,
-            "ref_logps": ref_flat,
-            "ref_counts": ref_counts,
+            "ref_logps": torch.from_numpy(refs["mod"][0]),
+            "ref_counts": torch.from_numpy(refs["mod"][1]),
         }
+        if want_ref:
+            init_tensors["ref_logps_x"] = torch.from_numpy(refs["x"][0])
+            init_tensors["ref_counts_x"] = torch.from_numpy(refs["x"][1])
         self.mu_d64 = self.sd_d64 = None
         if cfg.difference_probe:
             self.mu_d64, self.sd_d64 = su.standardiser(h0_mod - h0)
@@ -199,7 +215,7 @@ class Trainer:
         save_labels(self.labels, self.out / "labels.json")
         su.fit_ridge_m0(cfg, self.layer, h0, [p.id for p in self.pairs], self.labels, self.out)
         self.say(f"M0 pass over {len(self.pairs)} training pairs: {time.perf_counter() - t0:.1f} s")
-        return ref_flat, ref_counts
+        return init_tensors
 
     def _verbal(self) -> None:
         """The verbal explainer on the model and its training examples (with ``verbal``)."""
@@ -314,10 +330,14 @@ class Trainer:
         l_beh = -logp_t.mean() if self.active else zero
         l_reg = zero
         if cfg.concurrent and cfg.w_reg > 0:
-            cur = choice_logps(model, [self.enc_mod[i] for i in rows])
-            l_reg = kl_to_reference(cur, [self.refs[i] for i in rows])
+            cur_mod = choice_logps(model, [self.enc_mod[i] for i in rows])
+            cur_x = choice_logps(model, bx)
+            l_reg = 0.5 * (
+                kl_to_reference(cur_x, [self.refs_x[i] for i in rows])
+                + kl_to_reference(cur_mod, [self.refs[i] for i in rows])
+            )
         l_verbal = zero
-        if self.verbal is not None:
+        if self.verbal is not None and cfg.w_verbal > 0:  # w_verbal 0: the untrained control
             l_verbal, _ = self.verbal.sentence_loss([self.verbal_items[i] for i in rows])
         loss = (
             cfg.w_behaviour * l_beh

@@ -76,7 +76,8 @@ def test_cli_runs_every_stage_and_writes_the_report(model_dir, tmp_path):
     assert "![" in report and (out / "figures" / "summary.png").is_file()
     for rel in [line.split("](")[1].rstrip(")") for line in report.splitlines() if "![" in line]:
         assert (out / rel).is_file(), rel
-    assert "## Which of the paper's claims held here" in report
+    assert "## Verdicts over the trajectory" in report
+    assert "## Per checkpoint: ρ_t, Self, Orig, gap and c" in report
     assert "## Wall time per stage" in report
     # The table's numbers are those of the metrics.jsonl rows of the last checkpoint.
     rows = read_jsonl(out / "sycophancy" / "eval-concurrent" / "metrics.jsonl")
@@ -84,7 +85,9 @@ def test_cli_runs_every_stage_and_writes_the_report(model_dir, tmp_path):
     gap = next(r for r in last if r["metric"] == "gap.pearson")
     want = f"{gap['value']:+.3f} [{gap['lo']:+.2f}, {gap['hi']:+.2f}]"
     line = next(
-        ln for ln in report.splitlines() if ln.startswith("| sycophancy | concurrent | probe |")
+        ln
+        for ln in report.splitlines()
+        if ln.startswith("| sycophancy | concurrent | probe |") and "metrics.jsonl" in ln
     )
     assert want in line
     # The verbal explainer (the model itself) is scored by Cohen's kappa of the bins, where the
@@ -98,12 +101,19 @@ def test_cli_runs_every_stage_and_writes_the_report(model_dir, tmp_path):
         if ln.startswith("| sycophancy | concurrent | verbal | kappa | 2 |")
     )  # fmt: skip
     assert f"{vgap['value']:+.3f} [{vgap['lo']:+.2f}, {vgap['hi']:+.2f}]" in line
-    assert "| sycophancy | frozen | verbal |" not in report
-    assert "Self > Orig under concurrent post-training, verbal explainer (sycophancy)" in report
-    assert {r["explainer"] for r in frozen_rows(out)} == {"probe", "probe-diff", "ridge-m0"}
+    # The frozen control's verbal explainer is the untrained model's answers.
+    assert {r["explainer"] for r in frozen_rows(out)} == {
+        "probe", "probe-diff", "ridge-m0", "verbal", "verbal@m0-threshold", "verbal-score"
+    }  # fmt: skip
+    # Every verdict names the precondition it met or missed.
+    verdicts = [ln for ln in report.splitlines() if "| concurrent | probe |" in ln and "**" in ln]
+    assert verdicts and all("ρ = " in ln for ln in verdicts)
     # Frozen control: the current Δ is the label, so the gap is exactly 0.
     frozen = read_jsonl(out / "sycophancy" / "eval-frozen" / "metrics.jsonl")
-    assert all(abs(r["value"]) < 1e-9 for r in frozen if r["metric"] == "gap.pearson")
+    gaps = {r["explainer"]: r["value"] for r in frozen if r["metric"] == "gap.pearson"}
+    assert all(abs(gaps[e]) < 1e-9 for e in ("probe", "probe-diff", "ridge-m0"))
+    # (the untrained verbal score of the tiny model, whose vocabulary lacks the sentence words,
+    # is constant: its r is undefined)
     # Concurrent training moved the model: the current Δ differs from the labels.
     beh = read_jsonl(out / "sycophancy" / "eval-concurrent" / "behaviour.jsonl")
     assert beh[-1]["delta_vs_labels"] < 0.999999
@@ -237,9 +247,9 @@ def test_rescore_recomputes_the_metrics_and_report_from_the_predictions(model_di
     run_coupling(_cfg(model_dir, out), say=lambda _m: None)
     want = _metrics(out)
 
-    def results(path):  # the table of Self, Orig and gap, and the verdicts
-        lines = path.read_text().splitlines()
-        return [ln for ln in lines if "metrics.jsonl` |" in ln or ln.startswith("- Self >")]
+    def results(path):  # the tables of Self, Orig and gap, and the verdicts (not the times)
+        text = path.read_text().split("## Wall time per stage")[0]
+        return [ln for ln in text.splitlines() if ln.startswith("| ")]
 
     table = results(out / "report.md")
     assert len(table) > 5
@@ -255,17 +265,133 @@ def test_rescore_recomputes_the_metrics_and_report_from_the_predictions(model_di
 
 
 def test_a_gap_from_orig_below_chance_is_called_so():
-    from introspect.experiment.report import _claim
+    from introspect.evaluation.decide import verdict
+    from introspect.evaluation.metrics import Estimate
+    from introspect.experiment.verdicts import below_chance_caveat
 
-    def row(v, lo, hi):
-        return {"value": v, "lo": lo, "hi": hi}
+    gap = Estimate("gap.pearson", 0.3, 0.1, 0.5, 50)
+    said = verdict(gap, 0.9)
+    assert said["verdict"] == "coupling"
+    weak = below_chance_caveat(said, {"value": 0.1, "lo": -0.01, "hi": 0.2})
+    assert weak["verdict"] == "inconclusive" and "not above chance" in weak["text"]
+    strong = below_chance_caveat(said, {"value": 0.1, "lo": 0.02, "hi": 0.2})
+    assert strong == said
 
-    def entry(self_lo):
-        rows = {"self": row(0.1, self_lo, 0.2), "orig": row(-0.2, -0.3, -0.1),
-                "gap": row(0.3, 0.1, 0.5)}  # fmt: skip
-        return {"task": "t", "condition": "c", "rows": {"verbal": rows}}
 
-    weak = _claim("claim", entry(-0.01), "gap", explainer="verbal")
-    assert "**supported**" in weak and "not above chance" in weak
-    strong = _claim("claim", entry(0.02), "gap", explainer="verbal")
-    assert "**supported**" in strong and "chance" not in strong
+# --------------------------------------------------------------------------------------------
+# The settings
+
+
+SETTING_KW = {
+    "explain-only": dict(setting="explain-only"),
+    "earlier-checkpoint": dict(
+        setting="earlier-checkpoint", rho_targets=(0.99, 0.3), drift_steps=4, drift_every=1
+    ),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(SETTING_KW))
+def test_each_setting_runs_resumes_mid_way_and_repeats_for_its_seed(
+    model_dir, tmp_path, monkeypatch, setting
+):
+    import introspect.evaluation.checkpoints as checkpoints
+
+    kw = dict(SETTING_KW[setting], noise_levels=())
+    ref = tmp_path / "ref"
+    state = run_coupling(_cfg(model_dir, ref, **kw), say=lambda _m: None)
+    assert state["complete"] and state["config"]["setting"] == setting
+    evals = [s for s in plan_stages(_cfg(model_dir, ref, **kw)) if s[1] == "eval"]
+    assert evals and any("skipped" not in state["stages"][s[0]] for s in evals)
+    # Interrupted in its second evaluation, then resumed: the same numbers as in one go.
+    out = tmp_path / "run"
+    real = checkpoints.evaluate_training
+    calls = {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(checkpoints, "evaluate_training", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run_coupling(_cfg(model_dir, out, **kw), say=lambda _m: None)
+    monkeypatch.setattr(checkpoints, "evaluate_training", real)
+    assert not json.loads((out / "state.json").read_text()).get("complete")
+    run_coupling(_cfg(model_dir, out, **kw), resume=True, say=lambda _m: None)
+    assert _metrics(out) == _metrics(ref) and _metrics(ref)
+    report = (ref / "report.md").read_text()
+    assert f"setting **{setting}**" in report and "## Verdicts over the trajectory" in report
+    verdicts = json.loads((ref / "verdicts.json").read_text())
+    assert verdicts and all(
+        "precondition" in st["verdict"] for e in verdicts for st in e["explainers"].values()
+    )
+
+
+def test_explain_only_trains_the_model_only_as_its_verbal_explainer(model_dir, tmp_path):
+    out = tmp_path / "run"
+    run_coupling(_cfg(model_dir, out, setting="explain-only", noise_levels=()), say=print)
+    doc = json.loads((out / "sycophancy" / "train-explain" / "train.json").read_text())
+    assert doc["model_trains"] and doc["behaviour_objective"] == "none"
+    assert doc["config"]["verbal"] and doc["config"]["w_verbal"] == 1.0
+    assert doc["config"]["w_reg"] == 1.0
+    assert all(r["behaviour"] == 0 and r["verbal"] > 0 for r in doc["log"])
+    ctrl = json.loads((out / "sycophancy" / "train-no-explanation" / "train.json").read_text())
+    assert not ctrl["model_trains"] and ctrl["config"]["w_verbal"] == 0.0
+
+
+def test_rho0_is_measured_before_training_on_other_labels(model_dir, tmp_path):
+    from introspect import open_run
+    from introspect.data import read_pairs
+
+    other = tmp_path / "other"
+    tiny_llama(seed=3).save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    out = tmp_path / "run"
+    cfg = _cfg(model_dir, out, setting="explain-only", labels=f"model:{other}", noise_levels=())
+    state = run_coupling(cfg, say=lambda _m: None)
+    pre = state["stages"]["sycophancy/labels-other"]["precondition"]
+    held = [p.id for p in read_pairs(out / "sycophancy" / "held.jsonl")[0]]
+
+    def delta(run):
+        r = open_run(run)
+        at = {i: k for k, i in enumerate(r.ids)}
+        return np.array([r.delta[at[i]] for i in held])
+
+    want = np.corrcoef(delta(out / "sycophancy" / "labels-other"), delta(out / "sycophancy" / "m0"))
+    assert pre["rho"] == pytest.approx(want[0, 1], abs=1e-12)
+    assert pre["met"] == (pre["rho"] >= 0.5)
+    # The main run trains on the other model's labels, and its verdicts carry ρ0.
+    doc = json.loads((out / "sycophancy" / "train-explain" / "train.json").read_text())
+    assert doc["labels_source"]["path"].endswith("labels-other")
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    main_run = next(e for e in verdicts if e["condition"] == "explain")
+    assert main_run["explainers"]["probe"]["verdict"]["rho0"]["rho"] == pre["rho"]
+
+
+def test_earlier_checkpoint_saves_m1_where_rho_first_falls_below_each_target(model_dir, tmp_path):
+    from introspect import extract, open_run
+    from introspect.data import read_pairs
+
+    out = tmp_path / "run"
+    cfg = _cfg(model_dir, out, noise_levels=(), **SETTING_KW["earlier-checkpoint"])
+    state = run_coupling(cfg, say=lambda _m: None)
+    drift = state["stages"]["sycophancy/drift"]
+    history = drift["history"]
+    reached = drift["reached"]["m1-rho0.99"]
+    first = next(h for h in history if h["rho"] < 0.99)
+    assert reached["step"] == first["step"] and reached["rho"] == first["rho"]
+    # ρ0 of the saved M1 is numpy's Pearson of its Δ and M0's on the held-out pairs.
+    held, _ = read_pairs(out / "sycophancy" / "held.jsonl")
+    m1 = extract(str(out / "sycophancy" / "drift" / "m1-rho0.99" / "model"), None, held,
+                 tmp_path / "m1run", chat_template="auto")  # fmt: skip
+    m0 = open_run(out / "sycophancy" / "m0")
+    at = {i: k for k, i in enumerate(m0.ids)}
+    y0 = np.array([m0.delta[at[p.id]] for p in held])
+    assert reached["rho"] == pytest.approx(np.corrcoef(m1.delta, y0)[0, 1], abs=1e-9)
+    # M1 is explained on M0's labels, starting from M1.
+    doc = json.loads((out / "sycophancy" / "train-m1-rho0.99-explain" / "train.json").read_text())
+    assert doc["model"]["spec"].endswith("m1-rho0.99/model")
+    assert doc["labels_source"]["path"].endswith("sycophancy/m0")
+    if "m1-rho0.3" not in drift["reached"]:
+        assert state["stages"]["sycophancy/train-m1-rho0.3-explain"]["skipped"]

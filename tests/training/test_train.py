@@ -429,28 +429,34 @@ def test_verbal_explainer_trains_in_the_model_and_is_scored_per_checkpoint(ws, t
 
     at6 = {(p["explainer"], p["id"]): p for p in preds if p["checkpoint"] == 6}
     ckpt = load_model(str(run / "ckpt-000006" / "model"), dtype="float32")
-    m0_answers = {}
-    src_held = open_run(ws / "m0-held")
-    for i, f in zip(src_held.ids, src_held.f_x.tolist(), strict=True):
-        m0_answers[i] = f
+    current = np.array([at6[("probe", p.id)]["current"] for p in held])
+    # Self bins the checkpoint's own Δ at the labels' share of "unchanged" (rank-matched);
+    # verbal@m0-threshold bins it at the training threshold.
+    own = float(np.quantile(np.abs(current), float(np.mean(np.abs(y_held) <= t))))
     for k, p in enumerate(held):
         rec = at6[("verbal", p.id)]
-        # Current and label bins are the probe records' current Δ and label, binned.
-        assert rec["current"] == binned(at6[("probe", p.id)]["current"])
+        c = current[k]
+        assert rec["current"] == ("unchanged" if abs(c) <= own else ("toward" if c > 0 else "away"))
+        assert at6[("verbal@m0-threshold", p.id)]["current"] == binned(c)
         assert rec["label"] == binned(y_held[k])
-        if k < 4:  # the prediction: the sentence the checkpoint's model finds most likely
-            other = next(c for c in p.choices if c != p.target)
-            answer = p.target if m0_answers[p.id] > 0 else other
+        if k < 4:  # the prediction: the sentence the checkpoint's model finds most likely,
+            # after its own answer on x
+            lp = _plain_choice_logps(ckpt.model, ckpt.tokenizer, p.x, p.choices)
+            answer = p.choices[int(torch.argmax(lp))]
             score = {}
             for label in ("unchanged", "toward", "away"):
                 prompt, sentence = _verbal_reference_inputs(ckpt.tokenizer, p, answer, label)
                 score[label] = float(_sentence_logprob(ckpt.model, prompt, sentence).sum())
             assert rec["pred"] == max(score, key=score.get), (p.id, score)
+            got = at6[("verbal-score", p.id)]["pred"]
+            assert got == pytest.approx(score["toward"] - score["away"], abs=1e-4)
 
 
 def test_verbal_explainer_needs_a_training_model(ws, tmp_path):
     with pytest.raises(TrainError, match="verbal explainer is the model itself"):
         _cfg(ws, tmp_path / "x", verbal=True)
+    # With weight 0 it is the untrained control: a frozen model's own answers.
+    assert _cfg(ws, tmp_path / "y", verbal=True, w_verbal=0.0).verbal
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,3 +599,50 @@ def test_model_object_arguments_are_checked(ws, tmp_path):
     lm = wrap_model(tiny_llama(seed=5), tok)
     doc = train(cfg, model=lm, say=lambda _m: None)
     assert doc["model"]["in_memory"] and doc["model"]["weights_hash"] == lm.weights_hash
+
+
+# --------------------------------------------------------------------------------------------
+# The behavioural regulariser
+
+
+def _plain_choice_logps(model, tok, prompt, choices):
+    """log p(choice | prompt) renormalised over the choices, from one plain forward per choice
+    (prompt rendered by the chat template, choice tokens teacher-forced)."""
+    text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    out = []
+    for c in choices:
+        cids = tok(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + cids])).logits[0].double()
+        logp = torch.log_softmax(logits, -1)
+        out.append(sum(float(logp[len(ids) - 1 + j, t]) for j, t in enumerate(cids)))
+    return torch.log_softmax(torch.tensor(out, dtype=torch.float64), 0)
+
+
+def _kl(ref, cur):
+    return float((ref.exp() * (ref - cur)).sum())
+
+
+def test_the_regulariser_is_the_kl_to_the_start_on_x_and_on_x_mod(ws, tmp_path):
+    from introspect.training.trainer import batch_rows
+
+    out = tmp_path / "reg"
+    cfg = _cfg(
+        ws, out, concurrent=True, steps=2, batch_size=4, lr=3e-2, checkpoint_every=1, w_reg=1.0
+    )
+    doc = train(cfg, say=lambda _m: None)
+    assert doc["log"][0]["reg"] == pytest.approx(0.0, abs=1e-6)  # the start is the reference
+    pairs, _ = read_pairs(ws / "train.jsonl")
+    start = load_model(str(ws / "tiny"))
+    step1 = load_model(str(out / "ckpt-000001" / "model"))
+    terms = []
+    for i in batch_rows(len(pairs), 4, 2, cfg.seed):  # the minibatch of step 2
+        p = pairs[int(i)]
+        for prompt in (p.x, p.x_mod):
+            ref = _plain_choice_logps(start.model, start.tokenizer, prompt, p.choices)
+            cur = _plain_choice_logps(step1.model, step1.tokenizer, prompt, p.choices)
+            terms.append(_kl(ref, cur))
+    want = float(np.mean(terms))
+    assert want > 1e-4  # the model moved after one step
+    assert doc["log"][1]["reg"] == pytest.approx(want, rel=1e-3, abs=1e-6)
