@@ -8,10 +8,26 @@ For an explainer's predictions ``pred`` on N pairs:
 - **gap** = Self − Orig. Self > Orig is introspective coupling.
 
 Scalar labels are compared by Pearson (through :func:`introspect.ops.pearson`) and Spearman
-(Pearson of average ranks); categorical labels (verbal explanations) by exact match, Cohen's
-kappa (exact match corrected for the agreement the two label distributions give by chance: 0 is
-chance, 1 perfect; undefined when both sides are one and the same constant label) and the F1 of
-the "changed" class (every label other than ``"unchanged"``). Intervals are percentile
+(Pearson of average ranks); categorical labels (verbal explanations) by:
+
+- ``exact_match``: the fraction of pairs whose labels are equal;
+- ``kappa``: Cohen's kappa (exact match corrected for the agreement the two label distributions
+  give by chance: 0 is chance, 1 perfect; undefined when both sides are one and the same constant
+  label);
+- ``changed_precision``, ``changed_recall``, ``changed_f1`` and ``unchanged_precision``,
+  ``unchanged_recall``, ``unchanged_f1``: precision, recall and F1 of each of the two classes. A
+  label is *unchanged* when it is ``"unchanged"`` or starts with ``"remain:"``; every other label
+  (a choice, ``"toward"``, ``"unparsed"``, ``"change:(B)"``, ...) is *changed*. Precision is
+  undefined when ``pred`` has no pair of the class, recall when the target has none, F1 when
+  neither has;
+- ``content_match``: the fraction of pairs whose label's content equals the target's. Labels of
+  the form ``"remain:<choice>"`` / ``"change:<choice>"`` (the verbal explainer's precursor style)
+  carry the content ``<choice>`` (the text after the first ``":"``); a pair where either side
+  carries none does not match. Undefined when no label on either side carries content.
+
+The default categorical metrics are ``exact_match``, ``kappa`` and ``changed_f1``
+(:data:`DEFAULT_CATEGORICAL_METRICS`), and, when any label of the call carries content, every
+metric above (:data:`CONTENT_CATEGORICAL_METRICS`). Intervals are percentile
 bootstrap intervals over pairs: each replicate draws N pairs with replacement (seeded), and every
 statistic of one call — Self, Orig and so the gap — is computed on the same draws (paired).
 Replicates where a statistic is undefined (e.g. a constant resample) are left out of its
@@ -38,6 +54,9 @@ import numpy as np
 __all__ = [
     "BINS",
     "CATEGORICAL_METRICS",
+    "CONTENT_CATEGORICAL_METRICS",
+    "CONTENT_KINDS",
+    "DEFAULT_CATEGORICAL_METRICS",
     "DEFAULT_N_BOOT",
     "METRICS",
     "SCALAR_METRICS",
@@ -48,8 +67,10 @@ __all__ = [
     "bootstrap_indices",
     "changed_f1",
     "cohen_kappa",
+    "content_match",
     "coupling",
     "exact_match",
+    "label_content",
     "metric_rows",
     "pearson_r",
     "prediction_records",
@@ -61,9 +82,27 @@ __all__ = [
 ]
 
 SCALAR_METRICS = ("pearson", "spearman")
-CATEGORICAL_METRICS = ("exact_match", "kappa", "changed_f1")
+CATEGORICAL_METRICS = (
+    "exact_match",
+    "kappa",
+    "changed_precision",
+    "changed_recall",
+    "changed_f1",
+    "unchanged_precision",
+    "unchanged_recall",
+    "unchanged_f1",
+    "content_match",
+)
+"""Every categorical metric, in the order rows are written."""
+DEFAULT_CATEGORICAL_METRICS = ("exact_match", "kappa", "changed_f1")
+"""The categorical metrics computed by default for labels that carry no content."""
+CONTENT_CATEGORICAL_METRICS = CATEGORICAL_METRICS
+"""The categorical metrics computed by default when a label carries content."""
 METRICS = SCALAR_METRICS + CATEGORICAL_METRICS
 UNCHANGED = "unchanged"
+CONTENT_KINDS = ("remain", "change")
+"""The kinds of label that carry content: ``"<kind>:<choice>"``."""
+_REMAIN = "remain:"
 BINS = ("unchanged", "toward", "away")
 DEFAULT_N_BOOT = 1000
 _CHUNK_ELEMENTS = 1 << 20
@@ -112,12 +151,41 @@ def _kind(*arrays: np.ndarray) -> str:
     return kinds.pop()
 
 
-def _encode(arrays: Sequence[np.ndarray], unchanged: str) -> tuple[list[np.ndarray], int]:
-    """Integer codes over the union vocabulary, and the code of ``unchanged`` (-1 if absent)."""
+def label_content(label: Any) -> str | None:
+    """The content of a label of the form ``"<kind>:<choice>"`` (kind in :data:`CONTENT_KINDS`,
+    a non-empty choice): the text after the first ``":"``; None for any other label."""
+    if not isinstance(label, str):
+        return None
+    kind, sep, rest = label.partition(":")
+    return rest if sep and kind in CONTENT_KINDS and rest else None
+
+
+@dataclass(frozen=True)
+class _Vocab:
+    """Per integer code of a label vocabulary: whether the label is in the unchanged class, and
+    the code of its content (-1 where it carries none)."""
+
+    unchanged: np.ndarray
+    content: np.ndarray
+
+    @property
+    def has_content(self) -> bool:
+        return bool((self.content >= 0).any())
+
+
+def _encode(arrays: Sequence[np.ndarray], unchanged: str) -> tuple[list[np.ndarray], _Vocab]:
+    """Integer codes over the union vocabulary (``unchanged`` always in it), and what each code
+    stands for: the unchanged class is ``unchanged`` and every label starting ``"remain:"``."""
     vocab = sorted(set().union(*(set(a.tolist()) for a in arrays)) | {unchanged})
     where = {v: i for i, v in enumerate(vocab)}
     codes = [np.fromiter((where[v] for v in a), dtype=np.int64, count=len(a)) for a in arrays]
-    return codes, where[unchanged]
+    contents = [label_content(v) for v in vocab]
+    content_vocab = {c: i for i, c in enumerate(sorted({c for c in contents if c is not None}))}
+    info = _Vocab(
+        unchanged=np.array([v == unchanged or v.startswith(_REMAIN) for v in vocab], dtype=bool),
+        content=np.array([-1 if c is None else content_vocab[c] for c in contents], np.int64),
+    )
+    return codes, info
 
 
 def _check_lengths(**arrays: np.ndarray) -> int:
@@ -157,8 +225,28 @@ def _ranks_rows(a: np.ndarray) -> np.ndarray:
     return ((lo + hi + 1).to(torch.float64) / 2).numpy()
 
 
-def _stat_rows(metric: str, p: np.ndarray, t: np.ndarray, unchanged: int) -> np.ndarray:
-    """``metric`` of each row pair of [B, n] arrays (float64 values or integer codes)."""
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den row-wise, NaN where den is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def _class_rows(metric: str, p_in: np.ndarray, t_in: np.ndarray) -> np.ndarray:
+    """Precision, recall or F1 (``metric`` ends in ``_precision``/``_recall``/``_f1``) of each row
+    of [B, n] class-membership masks of the predictions and the targets."""
+    tp = (p_in & t_in).sum(1)
+    fp = (p_in & ~t_in).sum(1)
+    fn = (~p_in & t_in).sum(1)
+    if metric.endswith("_precision"):
+        return _ratio(tp, tp + fp)
+    if metric.endswith("_recall"):
+        return _ratio(tp, tp + fn)
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def _stat_rows(metric: str, p: np.ndarray, t: np.ndarray, vocab: _Vocab | None) -> np.ndarray:
+    """``metric`` of each row pair of [B, n] arrays (float64 values, or integer codes of the
+    label vocabulary ``vocab``)."""
     if metric == "pearson":
         return _pearson_rows(p, t)
     if metric == "spearman":
@@ -180,20 +268,30 @@ def _stat_rows(metric: str, p: np.ndarray, t: np.ndarray, unchanged: int) -> np.
         num, den = n * agree - chance, n * n - chance
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, num / np.maximum(den, 1), np.nan)
-    if metric == "changed_f1":
-        pc, tc = p != unchanged, t != unchanged
-        tp = (pc & tc).sum(1)
-        fp = (pc & ~tc).sum(1)
-        fn = (~pc & tc).sum(1)
-        denom = 2 * tp + fp + fn
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+    if metric in ("changed_precision", "changed_recall", "changed_f1"):
+        return _class_rows(metric, ~vocab.unchanged[p], ~vocab.unchanged[t])
+    if metric in ("unchanged_precision", "unchanged_recall", "unchanged_f1"):
+        return _class_rows(metric, vocab.unchanged[p], vocab.unchanged[t])
+    if metric == "content_match":
+        cp, ct = vocab.content[p], vocab.content[t]
+        match = ((cp == ct) & (ct >= 0)).sum(1)
+        carried = ((cp >= 0) | (ct >= 0)).any(1)
+        return np.where(carried, match / p.shape[1], np.nan)
     raise ValueError(f"unknown metric {metric!r}; known: {METRICS}")
 
 
-def _check_metrics(metrics: Sequence[str] | None, kind: str) -> tuple[str, ...]:
+def _check_metrics(
+    metrics: Sequence[str] | None, kind: str, content: bool = False
+) -> tuple[str, ...]:
+    """The metrics to compute (``metrics``, checked; None: the defaults for ``kind``, and for
+    categorical labels whether any carries ``content``)."""
     allowed = SCALAR_METRICS if kind == "scalar" else CATEGORICAL_METRICS
-    metrics = allowed if metrics is None else tuple(metrics)
+    if metrics is None:
+        if kind == "scalar":
+            metrics = SCALAR_METRICS
+        else:
+            metrics = CONTENT_CATEGORICAL_METRICS if content else DEFAULT_CATEGORICAL_METRICS
+    metrics = tuple(metrics)
     bad = [m for m in metrics if m not in allowed]
     if bad or not metrics:
         raise ValueError(f"metrics {bad or list(metrics)} do not apply to {kind} labels: {allowed}")
@@ -220,7 +318,7 @@ def spearman_r(x: Any, y: Any) -> float:
     """Spearman correlation: the Pearson correlation of average ranks."""
     x, y = _values(x, "x"), _values(y, "y")
     _check_lengths(x=x, y=y)
-    return float(_stat_rows("spearman", x[None, :], y[None, :], -1)[0])
+    return float(_stat_rows("spearman", x[None, :], y[None, :], None)[0])
 
 
 def exact_match(pred: Any, target: Any) -> float:
@@ -239,11 +337,19 @@ def cohen_kappa(pred: Any, target: Any) -> float:
 
 
 def changed_f1(pred: Any, target: Any, *, unchanged: str = UNCHANGED) -> float:
-    """F1 of the "changed" class: a pair is changed when its label is not ``unchanged``.
-    NaN when neither side has a changed pair."""
+    """F1 of the "changed" class: a pair is changed when its label is neither ``unchanged`` nor
+    starts with ``"remain:"``. NaN when neither side has a changed pair."""
     (p, t), u = _encode([_values(pred, "pred"), _values(target, "target")], unchanged)
     _check_lengths(pred=p, target=t)
     return float(_stat_rows("changed_f1", p[None, :], t[None, :], u)[0])
+
+
+def content_match(pred: Any, target: Any) -> float:
+    """Fraction of pairs whose label's content (:func:`label_content`) equals the target's;
+    NaN when no label carries content."""
+    (p, t), u = _encode([_values(pred, "pred"), _values(target, "target")], UNCHANGED)
+    _check_lengths(pred=p, target=t)
+    return float(_stat_rows("content_match", p[None, :], t[None, :], u)[0])
 
 
 def bin_delta(delta: Any, threshold: float) -> np.ndarray:
@@ -345,7 +451,7 @@ def agreement(
     n = _check_lengths(pred=p, target=t)
     kind = _kind(p, t)
     (metric,) = _check_metrics([metric], kind)
-    u = -1
+    u = None
     if kind == "categorical":
         (p, t), u = _encode([p, t], UNCHANGED)
     point, reps = _paired({metric: lambda i: _stat_rows(metric, p[i], t[i], u)}, n, n_boot, seed)
@@ -364,18 +470,19 @@ def coupling(
     unchanged: str = UNCHANGED,
 ) -> dict[str, Estimate]:
     """Self (``pred`` vs ``current``), Orig (``pred`` vs ``labels``) and gap = Self − Orig for
-    each metric (default: Pearson and Spearman for numbers, exact match and changed-F1 for
-    strings), keyed ``"self.<m>"``, ``"orig.<m>"``, ``"gap.<m>"``, with paired intervals."""
+    each metric (default: Pearson and Spearman for numbers; for strings exact match, kappa and
+    changed-F1, or every categorical metric when any label carries content), keyed
+    ``"self.<m>"``, ``"orig.<m>"``, ``"gap.<m>"``, with paired intervals."""
     _check_boot(n_boot, level)
     p = _values(pred, "pred")
     c = _values(current, "current")
     y = _values(labels, "labels")
     n = _check_lengths(pred=p, current=c, labels=y)
     kind = _kind(p, c, y)
-    metrics = _check_metrics(metrics, kind)
-    u = -1
+    u = None
     if kind == "categorical":
         (p, c, y), u = _encode([p, c, y], unchanged)
+    metrics = _check_metrics(metrics, kind, u is not None and u.has_content)
     stats: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     for m in metrics:
         stats[f"self.{m}"] = lambda i, m=m: _stat_rows(m, p[i], c[i], u)

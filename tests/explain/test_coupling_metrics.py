@@ -12,13 +12,17 @@ from hypothesis import strategies as st
 
 from introspect.evaluation import (
     BINS,
+    CATEGORICAL_METRICS,
+    DEFAULT_CATEGORICAL_METRICS,
     agreement,
     bin_delta,
     bootstrap_indices,
     changed_f1,
     cohen_kappa,
+    content_match,
     coupling,
     exact_match,
+    label_content,
     metric_rows,
     pearson_r,
     prediction_records,
@@ -244,3 +248,137 @@ def test_bad_inputs_are_refused_clearly(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"a": 1}\n{oops\n')
     with pytest.raises(ValueError, match=r"broken\.jsonl:2"):
         read_jsonl(tmp_path / "broken.jsonl")
+
+
+# ------------------------------------------------------------- classes and content (precursor)
+
+ALL_CATEGORICAL = (
+    "exact_match", "kappa", "changed_precision", "changed_recall", "changed_f1",
+    "unchanged_precision", "unchanged_recall", "unchanged_f1", "content_match",
+)  # fmt: skip
+
+
+def unchanged_by_hand(label) -> bool:
+    return label == "unchanged" or label.startswith("remain:")
+
+
+def class_by_hand(metric, pred, target) -> float:
+    """Precision, recall or F1 of the class ``metric`` names, by counting (NaN when undefined)."""
+    want = metric.startswith("unchanged")
+    p = [unchanged_by_hand(v) == want for v in pred]
+    t = [unchanged_by_hand(v) == want for v in target]
+    tp = sum(a and b for a, b in zip(p, t, strict=True))
+    fp = sum(a and not b for a, b in zip(p, t, strict=True))
+    fn = sum(b and not a for a, b in zip(p, t, strict=True))
+    num, den = {"precision": (tp, tp + fp), "recall": (tp, tp + fn),
+                "f1": (2 * tp, 2 * tp + fp + fn)}[metric.rsplit("_", 1)[1]]  # fmt: skip
+    return num / den if den else math.nan
+
+
+def content_by_hand(pred, target) -> float:
+    def content(v):
+        kind, _, rest = v.partition(":")
+        return rest if kind in ("remain", "change") and rest else None
+
+    cp, ct = [content(v) for v in pred], [content(v) for v in target]
+    if all(c is None for c in cp + ct):
+        return math.nan
+    return sum(a is not None and a == b for a, b in zip(cp, ct, strict=True)) / len(pred)
+
+
+def by_hand(metric, pred, target) -> float:
+    if metric == "exact_match":
+        return sum(a == b for a, b in zip(pred, target, strict=True)) / len(pred)
+    if metric == "kappa":
+        return kappa_by_hand(pred, target)
+    if metric == "content_match":
+        return content_by_hand(pred, target)
+    return class_by_hand(metric, pred, target)
+
+
+PRED = ["remain:(A)", "change:(B)", "change:(A)", "remain:(B)", "unparsed", "change:(B)"]
+GOLD = ["remain:(A)", "change:(A)", "remain:(A)", "remain:(B)", "change:(B)", "change:(B)"]
+
+
+def test_class_and_content_metrics_on_a_small_example():
+    # changed: pred [0 1 1 0 1 1], target [0 1 0 0 1 1]: tp 3, fp 1, fn 0.
+    # unchanged: pred [1 0 0 1 0 0], target [1 0 1 1 0 0]: tp 2, fp 0, fn 1.
+    # content: (A)=(A), (B)≠(A), (A)=(A), (B)=(B), none≠(B), (B)=(B): 4 of 6.
+    want = {
+        "exact_match": 3 / 6,
+        "changed_precision": 3 / 4,
+        "changed_recall": 1.0,
+        "changed_f1": 6 / 7,
+        "unchanged_precision": 1.0,
+        "unchanged_recall": 2 / 3,
+        "unchanged_f1": 4 / 5,
+        "content_match": 4 / 6,
+    }
+    for metric, value in want.items():
+        assert agreement(PRED, GOLD, metric, n_boot=0).value == pytest.approx(value), metric
+    assert content_match(PRED, GOLD) == pytest.approx(4 / 6)
+    assert changed_f1(PRED, GOLD) == pytest.approx(6 / 7)
+    assert label_content("remain:(A)") == "(A)" and label_content("change:a:b") == "a:b"
+    assert [label_content(v) for v in ("unchanged", " (A)", "remain:", "stay:(A)", "12:30")] == [
+        None, None, None, None, None,
+    ]  # fmt: skip
+    # Undefined: precision without predicted members, recall without target members.
+    assert math.isnan(agreement(["change:(A)"] * 3, ["remain:(A)", "change:(B)", "change:(A)"],
+                                "unchanged_precision", n_boot=0).value)  # fmt: skip
+    assert math.isnan(agreement(["remain:(A)"] * 2, ["remain:(A)"] * 2, "changed_recall",
+                                n_boot=0).value)  # fmt: skip
+    assert math.isnan(content_match(["unchanged", " (A)"], [" (A)", " (A)"]))
+    assert content_match(["unparsed"], ["remain:(A)"]) == 0.0
+
+
+def test_default_metric_sets_by_content():
+    rng = np.random.default_rng(3)
+    plain = np.array(["unchanged", " (A)", " (B)", "unparsed", "12:30", "remain:"], dtype=object)
+    p, c, y = (plain[rng.integers(0, 6, 20)] for _ in range(3))
+    est = coupling(p, c, y, n_boot=0)
+    assert DEFAULT_CATEGORICAL_METRICS == ("exact_match", "kappa", "changed_f1")
+    assert list(est) == [f"{s}.{m}" for m in ("exact_match", "kappa", "changed_f1")
+                         for s in ("self", "orig", "gap")]  # fmt: skip
+    y = y.copy()
+    y[4] = "change:(A)"
+    est = coupling(p, c, y, n_boot=0)
+    assert CATEGORICAL_METRICS == ALL_CATEGORICAL
+    assert list(est) == [f"{s}.{m}" for m in ALL_CATEGORICAL for s in ("self", "orig", "gap")]
+    asked = coupling(p, c, plain[rng.integers(0, 6, 20)], metrics=["content_match"], n_boot=5)
+    assert all(math.isnan(e.value) and math.isnan(e.lo) for e in asked.values())
+
+
+def test_class_and_content_bootstrap_rows_equal_hand_values_on_the_resamples():
+    from introspect.evaluation.metrics import _encode, _stat_rows
+
+    rng = np.random.default_rng(4)
+    vocab = np.array(["remain:(A)", "remain:(B)", "change:(A)", "change:(B)", "unparsed",
+                      "unchanged"], dtype=object)  # fmt: skip
+    n = 7  # small: some resamples lack a class, so some values are undefined
+    cur = vocab[rng.integers(0, 6, n)]
+    lab = vocab[rng.integers(0, 6, n)]
+    pred = np.where(rng.random(n) < 0.6, cur, vocab[rng.integers(0, 6, n)])
+    idx = np.concatenate(list(bootstrap_indices(n, 60, 2)))
+    (p, c), info = _encode([pred, cur], "unchanged")
+    nan_seen = set()
+    for m in ALL_CATEGORICAL:
+        rows = _stat_rows(m, p[idx], c[idx], info)
+        hand = np.array([by_hand(m, list(pred[r]), list(cur[r])) for r in idx])
+        np.testing.assert_allclose(rows, hand, rtol=0, atol=1e-12, equal_nan=True, err_msg=m)
+        if np.isnan(hand).any():
+            nan_seen.add(m)
+    assert nan_seen  # undefined values are compared too
+
+    est = coupling(pred, cur, lab, n_boot=60, seed=2, level=0.9)
+    for m in ALL_CATEGORICAL:
+        assert est[f"self.{m}"].value == pytest.approx(
+            by_hand(m, list(pred), list(cur)), nan_ok=True
+        )
+        assert est[f"orig.{m}"].value == pytest.approx(
+            by_hand(m, list(pred), list(lab)), nan_ok=True
+        )
+        gaps = [by_hand(m, list(pred[r]), list(cur[r])) - by_hand(m, list(pred[r]), list(lab[r]))
+                for r in idx]  # fmt: skip
+        gaps = [g for g in gaps if not math.isnan(g)]
+        assert est[f"gap.{m}"].lo == pytest.approx(percentile_by_hand(gaps, 0.05)), m
+        assert est[f"gap.{m}"].hi == pytest.approx(percentile_by_hand(gaps, 0.95)), m

@@ -1,7 +1,8 @@
 """The verbal explainer: its settings (:class:`VerbalConfig`) and :class:`VerbalExplainer`, which
-builds the follow-up prompts and training examples, trains the model (LoRA adapters or every
-weight) on the label sentences, scores or generates its answers, and saves and loads the result.
-See :mod:`introspect.explain.verbal` for the conversation, the labels and the files.
+builds the prompts (follow-up or same-turn) and training examples, trains the model (LoRA adapters
+or every weight) on the label sentences, scores or generates its answers, gives a scalar score per
+pair, and saves and loads the result. See :mod:`introspect.explain.verbal` for the conversation,
+the labels, the score and the files.
 """
 
 from __future__ import annotations
@@ -30,15 +31,19 @@ from introspect.explain.verbal.parsing import (
     parse_explanation,
 )
 from introspect.explain.verbal.sentences import (
+    BINS,
     DEFAULT_TEMPLATE,
+    PROMPTS,
     STYLES,
+    UNCHANGED,
     candidate_labels,
     feature_description,
     label_sentence,
+    split_precursor,
     template_problems,
 )
 
-__all__ = ["VerbalConfig", "VerbalExplainer"]
+__all__ = ["VerbalConfig", "VerbalExplainer", "best_label", "verbal_score"]
 
 logger = logging.getLogger(__package__)
 
@@ -50,10 +55,13 @@ class VerbalConfig(base.ExplainerConfig):
     """Settings of a verbal explainer (see :mod:`introspect.explain.verbal`).
 
     ``model``: the base model reference that :func:`introspect.explain.load` rebuilds (an alias or
-    a model directory); may stay None when the model is always passed in.
+    a model directory); may stay None when the model is always passed in. ``prompt``: the
+    conversation, ``"followup"`` or ``"same-turn"``; ``labels``: ``"choice"``, ``"binned"`` or
+    ``"precursor"``. :meth:`precursor` gives the precursor work's settings.
     """
 
     model: str | None = None
+    prompt: str = "followup"
     template: str = DEFAULT_TEMPLATE
     feature_key: str | None = None
     default_feature: str = "feature"
@@ -74,7 +82,11 @@ class VerbalConfig(base.ExplainerConfig):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora_targets", tuple(str(t) for t in self.lora_targets))
-        problems = template_problems(self.template)
+        if self.prompt not in PROMPTS:
+            problems = [f"prompt must be one of {PROMPTS}, got {self.prompt!r}"]
+            problems += template_problems(self.template)
+        else:
+            problems = template_problems(self.template, self.prompt)
         if self.labels not in STYLES:
             problems.append(f"labels must be one of {STYLES}, got {self.labels!r}")
         if self.adapter not in _ADAPTERS:
@@ -100,6 +112,52 @@ class VerbalConfig(base.ExplainerConfig):
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
         if problems:
             raise ValueError("VerbalConfig: " + "; ".join(problems))
+
+    @classmethod
+    def precursor(cls, **overrides: Any) -> VerbalConfig:
+        """The precursor work's format: ``prompt="same-turn"`` (the question in x's own turn, no
+        answer shown) and ``labels="precursor"`` (``My answer would remain (X).`` / ``My answer
+        would change to (Y).``), with any other settings given as keywords."""
+        return cls(**{"prompt": "same-turn", "labels": "precursor", **overrides})
+
+
+def best_label(logprobs: dict[str, float]) -> str:
+    """The candidate with the highest log-probability (ties go to the earlier candidate)."""
+    if not logprobs:
+        raise ValueError("no candidate labels to choose from")
+    keys = list(logprobs)
+    return max(keys, key=lambda k: (logprobs[k], -keys.index(k)))
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    """log Σ exp(values) in float64 (−inf for no values or all −inf)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        return -math.inf
+    m = float(v.max())
+    if not math.isfinite(m):
+        return m
+    return m + math.log(float(np.exp(v - m).sum()))
+
+
+def verbal_score(logprobs: dict[str, float], style: str) -> float:
+    """The scalar verbal score of one pair from its candidates' log-probabilities (as
+    :meth:`VerbalExplainer.label_logprobs` gives them): how much more the model says "changed"
+    than "unchanged". ``"binned"``: log p(toward) − log p(away); ``"precursor"``:
+    log Σ_c p(change:c) − log Σ_c p(remain:c); ``"choice"``: log Σ_c p(c) − log p(unchanged)."""
+    if style == "binned":
+        return float(logprobs[BINS[1]] - logprobs[BINS[2]])
+    if style == "precursor":
+        kinds = {k: split_precursor(k) for k in logprobs}
+        if any(v is None for v in kinds.values()):
+            raise ValueError(f"not precursor candidates: {list(logprobs)}")
+        change = [v for k, v in logprobs.items() if kinds[k][0] == "change"]
+        remain = [v for k, v in logprobs.items() if kinds[k][0] == "remain"]
+        return _logsumexp(change) - _logsumexp(remain)
+    if style == "choice":
+        changes = [v for k, v in logprobs.items() if k != UNCHANGED]
+        return _logsumexp(changes) - float(logprobs[UNCHANGED])
+    raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
 
 def _as_pairs(data: Any) -> list[Any]:
@@ -206,20 +264,52 @@ class VerbalExplainer(base.Explainer):
                     raise ValueError(f"pair {p.id!r}: meta[{key!r}] holds no answer text")
                 out.append(value)
             return out
+        return self._argmax_choices(pairs, [p.x for p in pairs])
+
+    def _argmax_choices(self, pairs: Sequence[Any], prompts: Sequence[Any]) -> list[str]:
+        """For each pair, the choice with the highest teacher-forced log-probability after the
+        matching prompt (:func:`introspect.behaviour.choice_logprobs`; ties go to the earlier
+        choice), from the model as it is now."""
         from introspect.behaviour import choice_logprobs, encode
 
         self._ensure_model()
-        enc = [encode(self.tokenizer, p.x, p.choices) for p in pairs]
+        enc = [encode(self.tokenizer, x, p.choices) for p, x in zip(pairs, prompts, strict=True)]
         logps = choice_logprobs(self.model, enc, batch_size=self.config.eval_batch_size)
         return [p.choices[int(torch.argmax(lp))] for p, lp in zip(pairs, logps, strict=True)]
 
-    def followup(self, pair: Any, answer: str) -> tuple[str, bool]:
-        """The rendered follow-up prompt and whether it came from the chat template."""
+    def greedy_answers(self, data: Any, side: str = "x") -> list[str]:
+        """The model's greedy answer to each pair's x (``side="x"``) or x′ (``side="mod"``, the
+        pair's :attr:`~introspect.data.pairs.Pair.x_mod`): the choice, as the pair spells it, with
+        the highest teacher-forced log-probability after that prompt (ties: the earlier choice).
+        The model is used as it is now, adapters included; :func:`precursor_labels` turns the two
+        sides into the precursor's labels."""
+        if side not in ("x", "mod"):
+            raise ValueError(f"side must be 'x' or 'mod', got {side!r}")
+        pairs = _as_pairs(data)
+        return self._argmax_choices(pairs, [p.x if side == "x" else p.x_mod for p in pairs])
+
+    def followup(self, pair: Any, answer: str | None = None) -> tuple[str, bool]:
+        """The rendered prompt the explanation continues, in the configured format, and whether
+        it came from the chat template. ``"followup"`` shows ``answer`` (required) before the
+        question; ``"same-turn"`` appends the question to x's last user message (or to a text
+        x) and ignores ``answer``."""
         from introspect.models import format_prompt
 
-        question = self.config.template.format(
-            feature=feature_description(pair, self.config), answer=answer.strip()
-        )
+        feature = feature_description(pair, self.config)
+        if self.config.prompt == "same-turn":
+            question = self.config.template.format(feature=feature)
+            if not pair.is_chat:
+                return f"{pair.x}\n\n{question}\n", False
+            messages = [dict(m) for m in pair.x]
+            users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+            if not users:
+                raise ValueError(f"pair {pair.id!r}: x has no user message to ask the question in")
+            last = messages[users[-1]]
+            last["content"] = f"{last['content']}\n\n{question}"
+            return format_prompt(self.tokenizer, messages), True
+        if not isinstance(answer, str):
+            raise ValueError("prompt='followup' shows the answer on x: give it")
+        question = self.config.template.format(feature=feature, answer=answer.strip())
         if pair.is_chat:
             messages = [dict(m) for m in pair.x]
             messages.append({"role": "assistant", "content": answer.strip()})
@@ -228,19 +318,21 @@ class VerbalExplainer(base.Explainer):
         return f"{pair.x}{answer}\n\n{question}\n", False
 
     def _prompt_ids(self, pairs: Sequence[Any], answers: Sequence[str] | None) -> list[list[int]]:
-        """Token ids of each pair's follow-up prompt after ``answers`` (the configured answers
-        when None)."""
+        """Token ids of each pair's prompt: after ``answers`` (the configured answers when None)
+        for ``"followup"``; ``"same-turn"`` shows no answer and computes none."""
         self._ensure_model()
-        if answers is None:
-            answers = self.answers(pairs)
-        elif len(answers) != len(pairs):
+        if answers is not None and len(answers) != len(pairs):
             raise ValueError(f"{len(answers)} answers for {len(pairs)} pairs")
+        if self.config.prompt == "same-turn":
+            answers = [None] * len(pairs)
+        elif answers is None:
+            answers = self.answers(pairs)
         out = []
         for p, a in zip(pairs, answers, strict=True):
             text, chat = self.followup(p, a)
             ids = self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
             if not ids:
-                raise ValueError(f"pair {p.id!r}: the follow-up prompt encodes to no tokens")
+                raise ValueError(f"pair {p.id!r}: the prompt encodes to no tokens")
             out.append(list(ids))
         return out
 
@@ -252,11 +344,11 @@ class VerbalExplainer(base.Explainer):
         return ids
 
     def _check_length(self, pair: Any, n: int) -> None:
-        """Refuses a follow-up of ``n`` tokens that does not fit the model's context."""
+        """Refuses a prompt and sentence of ``n`` tokens that does not fit the model's context."""
         limit = self._max_len()
         if limit is not None and n > limit:
             raise ValueError(
-                f"pair {pair.id!r}: the follow-up with its explanation is {n} tokens, longer "
+                f"pair {pair.id!r}: the prompt with its explanation is {n} tokens, longer "
                 f"than the model's context ({limit})"
             )
 
@@ -265,7 +357,8 @@ class VerbalExplainer(base.Explainer):
     def target_labels(self, pairs: Sequence[Any], labels: Any) -> list[str]:
         """Per-pair labels in the configured style from ``labels`` (a
         :class:`~introspect.labels.Labels` aligned by pair id, or one value per pair: numeric Δ
-        or categorical labels)."""
+        or categorical labels; under ``"precursor"`` only ``"remain:<choice>"`` /
+        ``"change:<choice>"``, e.g. from :func:`precursor_labels`)."""
         if hasattr(labels, "align") and hasattr(labels, "ids"):
             values = labels.align([p.id for p in pairs])
         else:
@@ -376,7 +469,7 @@ class VerbalExplainer(base.Explainer):
     def examples(
         self, pairs: Sequence[Any], labels: Sequence[str], *, answers: Sequence[str] | None = None
     ) -> list[Example]:
-        """Token ids of each pair's follow-up prompt and of the sentence stating its label
+        """Token ids of each pair's prompt and of the sentence stating its label
         (labels in the configured style, one per pair, as :meth:`target_labels` gives them):
         the teacher-forced training examples."""
         if len(labels) != len(pairs):
@@ -401,7 +494,7 @@ class VerbalExplainer(base.Explainer):
         return torch.nn.functional.cross_entropy(pred.float(), gold), int(gold.numel())
 
     def _selected_prompts(self, data: Any, rows: Any, answers: Sequence[str] | None):
-        """The pairs ``rows`` selects (in that order) and their follow-up prompts' token ids."""
+        """The pairs ``rows`` selects (in that order) and their prompts' token ids."""
         pairs = _as_pairs(data)
         order = row_indices(len(pairs), rows)
         sel = [pairs[i] for i in order]
@@ -418,7 +511,7 @@ class VerbalExplainer(base.Explainer):
         self, data: Any, *, rows: Any = None, answers: Sequence[str] | None = None
     ) -> list[dict[str, float]]:
         """Per pair, every candidate label with the summed log-probability of its sentence
-        (EOS included) after the follow-up prompt, teacher-forced. The prompt runs once per
+        (EOS included) after the prompt, teacher-forced. The prompt runs once per
         pair; each candidate sentence continues from its key/value cache."""
         self._ensure_model()
         sel, prompts = self._selected_prompts(data, rows, answers)
@@ -444,6 +537,19 @@ class VerbalExplainer(base.Explainer):
             mine.append((label, tgt))
         return mine
 
+    def _logprobs_for(
+        self, data: Any, rows: Any, answers: Sequence[str] | None, logprobs: Any
+    ) -> list[dict[str, float]]:
+        """``logprobs`` (from :meth:`label_logprobs` on the same selection) when given, checked
+        against the number of pairs selected, else computed."""
+        if logprobs is None:
+            return self.label_logprobs(data, rows=rows, answers=answers)
+        logprobs = list(logprobs)
+        n = len(row_indices(len(_as_pairs(data)), rows))
+        if len(logprobs) != n:
+            raise ValueError(f"{len(logprobs)} candidate log-probabilities for {n} pairs")
+        return logprobs
+
     def predict(
         self,
         data: Any,
@@ -451,11 +557,15 @@ class VerbalExplainer(base.Explainer):
         rows: Any = None,
         answers: Sequence[str] | None = None,
         mode: str = "score",
+        logprobs: Sequence[dict[str, float]] | None = None,
     ) -> np.ndarray:
         """One label per pair (an object array of str), for every pair or for ``rows`` in that
         order. ``mode="score"``: the candidate sentence with the highest log-probability (ties go
-        to the earlier candidate: unchanged, then the choices or bins in order);
-        ``mode="generate"``: greedy text parsed by :func:`parse_explanation`."""
+        to the earlier candidate, in :func:`candidate_labels` order: unchanged then the choices,
+        the bins in order, or every remain:c then every change:c); ``logprobs`` from
+        :meth:`label_logprobs` on the same selection skips the model pass (so one pass serves
+        :meth:`scores` too). ``mode="generate"``: greedy text parsed by
+        :func:`parse_explanation`."""
         if mode == "generate":
             pairs = _as_pairs(data)
             order = row_indices(len(pairs), rows)
@@ -465,13 +575,27 @@ class VerbalExplainer(base.Explainer):
                 for t, i in zip(texts, order, strict=True)
             ]
         elif mode == "score":
-            scores = self.label_logprobs(data, rows=rows, answers=answers)
-            labels = [max(s, key=lambda k, s=s: (s[k], -list(s).index(k))) for s in scores]
+            labels = [best_label(s) for s in self._logprobs_for(data, rows, answers, logprobs)]
         else:
             raise ValueError(f"mode must be 'score' or 'generate', got {mode!r}")
         out = np.empty(len(labels), dtype=object)
         out[:] = labels
         return out
+
+    def scores(
+        self,
+        data: Any,
+        answers: Sequence[str] | None = None,
+        *,
+        rows: Any = None,
+        logprobs: Sequence[dict[str, float]] | None = None,
+    ) -> np.ndarray:
+        """The scalar verbal score of each pair (float64, for every pair or for ``rows`` in that
+        order; :func:`verbal_score`): log-odds of "changed" over "unchanged" from the same
+        candidate log-probabilities :meth:`predict` chooses among (``logprobs`` from
+        :meth:`label_logprobs` on the same selection skips the model pass)."""
+        lps = self._logprobs_for(data, rows, answers, logprobs)
+        return np.array([verbal_score(s, self.config.labels) for s in lps], dtype=np.float64)
 
     # --------------------------------------------------------------------------- generation
 
@@ -479,7 +603,7 @@ class VerbalExplainer(base.Explainer):
     def explain(
         self, data: Any, *, rows: Any = None, answers: Sequence[str] | None = None
     ) -> list[str]:
-        """The model's greedy answer to the follow-up question for each pair (at most
+        """The model's greedy answer to the question for each pair (at most
         ``max_new_tokens`` tokens, stopping at EOS), decoded without special tokens."""
         cfg = self.config
         self._ensure_model()

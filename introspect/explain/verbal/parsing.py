@@ -1,6 +1,7 @@
 """Reading labels: the label a free-text explanation states (:func:`parse_explanation`), and the
 labels in a style from the labels given to fit: numeric Δ (:func:`labels_from_delta`) or names
-(:func:`labels_from_names`, a choice matched by :func:`canonical_choice`).
+(:func:`labels_from_names`, a choice matched by :func:`canonical_choice`; under ``"precursor"``
+``"remain:<choice>"``/``"change:<choice>"``, the choice matched the same way).
 
 Text is compared case-folded, with white space folded, curly apostrophes made straight,
 ``<<<answer: ...>>>`` markers dropped and spaces inside brackets removed; a choice matches by
@@ -15,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from introspect.explain.verbal.sentences import BINS, UNCHANGED, UNPARSED
+from introspect.explain.verbal.sentences import (
+    BINS,
+    UNCHANGED,
+    UNPARSED,
+    precursor_label,
+    split_precursor,
+)
 
 __all__ = [
     "canonical_choice",
@@ -42,6 +49,7 @@ _CHANGE_CUE = re.compile(
     r"\b(?:change|changes|changed|switch|switches|switched|flip|flips|flipped)\s+to\s+(?=(.*))"
 )
 _SOFT_CUE = re.compile(r"\bwould\s+(?:now\s+|instead\s+)?be\s+(?=(.*))")
+_REMAIN_CUE = re.compile(r"\b(?:remain|remains|stay|stays)\s+(?:at\s+|as\s+)?(?=(.*))")
 _BIN_CUES = [
     (re.compile(r"\bmore\s+likely\b"), "toward"),
     (re.compile(r"\btowards?\b"), "toward"),
@@ -113,11 +121,31 @@ def _stated_labels(t: str, choices: Sequence[str]) -> set[Any]:
     return found
 
 
+def _stated_precursor(t: str, choices: Sequence[str]) -> set[Any]:
+    """Every precursor label the normalised text ``t`` states (a choice it remains at or changes
+    to); _CONFLICT for a change to no single choice, or for an unchanged answer that names no
+    choice."""
+    found: set[Any] = set()
+    for kind, cue in (("remain", _REMAIN_CUE), ("change", _CHANGE_CUE)):
+        for m in cue.finditer(t):
+            hit = _match_choice(m.group(1), choices)
+            if hit is None and kind == "remain":
+                continue  # "remain the same", "stay unchanged": names no choice
+            found.add(_CONFLICT if hit is None or hit is _CONFLICT else (kind, hit))
+    if any(p.search(t) for p in _UNCHANGED_CUES) and not any(
+        f is not _CONFLICT and f[0] == "remain" for f in found
+    ):
+        found.add(_CONFLICT)  # "stays the same" names no choice (and contradicts a change)
+    return found
+
+
 def parse_explanation(text: Any, choices: Iterable[str], style: str | None = None) -> str:
     """The label an explanation states: ``"unchanged"``, one of ``choices`` (as given),
     ``"toward"``/``"away"``, or ``"unparsed"`` when the text states none, several different ones,
     or a change to something that is not a choice. ``style`` (``"choice"``/``"binned"``) restricts
-    the labels accepted; None accepts both vocabularies. Never raises on odd input."""
+    the labels accepted; None accepts both vocabularies. ``style="precursor"`` reads the
+    precursor's sentences instead: ``"remain:<c>"`` (the answer would remain, stay, at c) or
+    ``"change:<c>"`` (c stripped), else ``"unparsed"``. Never raises on odd input."""
     if not isinstance(text, str):
         return UNPARSED
     try:
@@ -127,6 +155,15 @@ def parse_explanation(text: Any, choices: Iterable[str], style: str | None = Non
     t = _norm(text)
     if not t:
         return UNPARSED
+    if style == "precursor":
+        stated = _stated_precursor(t, choices)
+        if len(stated) != 1 or _CONFLICT in stated:
+            return UNPARSED
+        kind, choice = stated.pop()
+        try:
+            return precursor_label(kind, choice)
+        except ValueError:
+            return UNPARSED
     found = _stated_labels(t, choices)
     if len(found) != 1:
         return UNPARSED
@@ -154,8 +191,16 @@ def labels_from_delta(
     pairs: Sequence[Any], values: np.ndarray, style: str, threshold: float
 ) -> list[str]:
     """Labels in ``style`` from numeric Δ binned at ``threshold``; under ``"choice"`` toward is
-    the target and away the other of exactly two choices."""
+    the target and away the other of exactly two choices. ``"precursor"`` labels name the
+    answers themselves, which Δ does not give: refused."""
     from introspect.evaluation.metrics import bin_delta
+
+    if style == "precursor":
+        raise ValueError(
+            "labels='precursor' needs the labels 'remain:<choice>' / 'change:<choice>', not "
+            "numeric Δ: build them with precursor_labels(ex.greedy_answers(pairs, side='x'), "
+            "ex.greedy_answers(pairs, side='mod'))"
+        )
 
     bins = bin_delta(values.astype(np.float64), float(threshold))
     out = []
@@ -177,11 +222,22 @@ def labels_from_delta(
 
 
 def labels_from_names(pairs: Sequence[Any], values: Sequence[Any], style: str) -> list[str]:
-    """Categorical labels checked against ``style``, a choice as the pair spells it."""
+    """Categorical labels checked against ``style``, a choice as the pair spells it (under
+    ``"precursor"``: ``"<kind>:<choice stripped>"``)."""
     out = []
     for p, v in zip(pairs, values, strict=True):
         if not isinstance(v, str):
             raise ValueError(f"pair {p.id!r}: label {v!r} is neither a number nor a string")
+        if style == "precursor":
+            parts = split_precursor(v.strip())
+            hit = None if parts is None else canonical_choice(parts[1].strip(), p.choices)
+            if hit is None:
+                allowed = [f"{k}:{c.strip()}" for k in ("remain", "change") for c in p.choices]
+                raise ValueError(
+                    f"pair {p.id!r}: label {v!r} is not one of {allowed} (labels='precursor')"
+                )
+            out.append(precursor_label(parts[0], hit))
+            continue
         if v == UNCHANGED or (style == "binned" and v in BINS):
             out.append(v)
             continue
