@@ -69,6 +69,7 @@ class Measured:
     objective_logprob: float | None = None
     verbal: list[str] | None = None
     verbal_score: np.ndarray | None = None
+    answers: tuple[list[str], list[str]] | None = None
 
     @property
     def delta(self) -> np.ndarray:
@@ -109,6 +110,18 @@ def _finite(v: float) -> float | None:
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
+
+
+def _propensity(pairs, answers: list[str], delta: np.ndarray) -> np.ndarray:
+    """How far removing the feature moves the model away from its answer on x: −Δ where that
+    answer is the target (Δ is the target's log-odds shift), +Δ where it is not."""
+    sign = np.array(
+        [
+            1.0 if a.strip() == p.target.strip() else -1.0
+            for p, a in zip(pairs, answers, strict=True)
+        ]
+    )
+    return -sign * np.asarray(delta, dtype=np.float64)
 
 
 class _Evaluation:
@@ -205,9 +218,31 @@ class _Evaluation:
         if not self.doc.get("verbal"):
             return
         self.verbal_doc = ck.read_json(self.train_dir / self.doc["verbal"])
+        if self.verbal_doc.get("format") == "precursor":
+            self._precursor_setup()
+            return
         self.threshold = float(self.verbal_doc["threshold"])
         self.y_bins = bin_delta(self.y, self.threshold)
         self.unchanged_share = float(np.mean(np.abs(self.y) <= self.threshold))
+
+    def _precursor_setup(self) -> None:
+        """The label source's answer change on the held-out pairs (its answers recorded by the
+        training run; pairs it has none for are answered by the starting model)."""
+        from introspect.explain.verbal import precursor_labels
+        from introspect.models import load_model
+        from introspect.training.setup import source_answers
+
+        known = self.verbal_doc.get("source_answers", {})
+        missing = [p for p in self.pairs if p.id not in known]
+        if missing:
+            lm = load_model(self.base, dtype="float32", device=self.device)
+            known = {**known, **source_answers(lm.model, self._tokenizer(lm), missing)}
+        self.source = [known[p.id] for p in self.pairs]
+        self.y_bins = np.array(
+            precursor_labels([a for a, _ in self.source], [b for _, b in self.source]),
+            dtype=object,
+        )
+        self.y_change = _propensity(self.pairs, [a for a, _ in self.source], self.y)
 
     def _tokenizer(self, lm):
         """``lm``'s tokenizer rendering chat prompts as the training run did (not changed)."""
@@ -262,9 +297,14 @@ class _Evaluation:
 
             # Where the question follows an answer, it is this model's own answer on x.
             ex = verbal_explainer(lm.model, self._tokenizer(lm), self.verbal_doc)
-            scores = ex.label_logprobs(self.pairs)
-            got.verbal = [max(d, key=lambda k, d=d: (d[k], -list(d).index(k))) for d in scores]
-            got.verbal_score = np.array([d["toward"] - d["away"] for d in scores])
+            logprobs = ex.label_logprobs(self.pairs)
+            got.verbal = list(ex.predict(self.pairs, logprobs=logprobs))
+            got.verbal_score = ex.scores(self.pairs, logprobs=logprobs)
+            if self.verbal_doc.get("format") == "precursor":
+                got.answers = (
+                    ex.greedy_answers(self.pairs, "x"),
+                    ex.greedy_answers(self.pairs, "mod"),
+                )
         return got
 
     def score(self, step: int, got: Measured, explainers, verbal: bool) -> list[dict]:
@@ -289,6 +329,8 @@ class _Evaluation:
         the labels' share of "unchanged" (``verbal``: rank-matched, since the scale of Δ moves
         as the model trains) and at the training run's threshold (``verbal@m0-threshold``), and
         its scalar score log p(more likely) − log p(less likely) against Δ (``verbal-score``)."""
+        if got.answers is not None:
+            return self._precursor_records(step, got)
         delta = got.delta
         own = float(np.quantile(np.abs(delta), self.unchanged_share)) if len(delta) else 0.0
         sides = [
@@ -302,6 +344,24 @@ class _Evaluation:
                 prediction_records(self.ids, pred, current, labels, checkpoint=step, explainer=name)
             )
         return records
+
+    def _precursor_records(self, step: int, got: Measured) -> list[dict]:
+        """The precursor format's records: the answers against the checkpoint's own answer
+        change by argmax (Self) and the label source's (Orig); its scalar score against the
+        answer-change propensity of Δ, oriented by whose answer it is (``verbal-score``)."""
+        from introspect.explain.verbal import precursor_labels
+
+        ax, am = got.answers
+        current = np.array(precursor_labels(ax, am), dtype=object)
+        change = _propensity(self.pairs, ax, got.delta)
+        out = prediction_records(
+            self.ids, got.verbal, current, self.y_bins, checkpoint=step, explainer="verbal"
+        )
+        out += prediction_records(
+            self.ids, got.verbal_score, change, self.y_change, checkpoint=step,
+            explainer="verbal-score",
+        )  # fmt: skip
+        return out
 
     def behaviour_row(self, step: int, model, got: Measured) -> dict[str, Any]:
         delta = got.delta

@@ -17,7 +17,8 @@ mean removed, divided by the population standard deviation) and regresses
 imitation of the labels, c = 1 pure tracking of current behaviour, c > 0.5 tracks current
 behaviour more than it imitates the labels. c is not bounded to [0, 1]: a negative a or b puts
 it outside. It is undefined (NaN) when one of the three is constant, when ``current`` and ``y``
-are collinear (ρ = ±1, e.g. at the starting checkpoint, where current is the labels) and when
+are collinear (1 − ρ² below 1e-4, e.g. at the starting checkpoint or for a frozen model, where
+current is the labels up to rounding) and when
 a + b = 0 (:func:`coupling_index`).
 
 **The trajectory** summarises one explainer over training checkpoints: the mean over
@@ -85,9 +86,11 @@ VERDICTS = (
 # A row whose standard deviation is at most this fraction of its largest magnitude is constant
 # (to rounding); normal equations whose determinant is at most this fraction of the product of
 # their diagonal are singular (current and labels collinear); and a + b is zero when it is at
-# most this fraction of |a| + |b|.
+# most this fraction of |a| + |b|. The determinant's fraction is 1 − ρ²: below 1e-4 (|ρ| above
+# 0.99995, e.g. a frozen model, whose current Δ is its labels up to rounding) a and b cannot be
+# told apart and c is undefined rather than a ratio of rounding errors.
 _FLAT = 1e-12
-_SINGULAR = 1e-12
+_SINGULAR = 1e-4
 _CANCEL = 1e-12
 
 

@@ -300,9 +300,27 @@ class _Experiment:
             self.say(f"  no labels from {spec}: {reason}; its conditions are skipped")
             raise _Skip(reason, time.perf_counter() - t0) from None
         info = {"model": spec, "n": len(run.ids), "chat_template": template}
+        if self.cfg.verbal and self.cfg.verbal_format == "precursor":
+            info["answers"] = self.write_answers(task, which, lm)
         if which == "other":
             info["precondition"] = self.precondition(task, run, f"Δ of {spec}")
         return info
+
+    def answers_file(self, task: str, which: str) -> Path:
+        return self.out / task / f"answers-{which}.json"
+
+    def write_answers(self, task: str, which: str, lm: Any) -> str:
+        """The label source's greedy answers on x and x' of every pair (the precursor
+        format's labels), as ``answers-<which>.json``."""
+        from introspect.data import read_pairs
+        from introspect.models import with_chat_template
+        from introspect.training.setup import source_answers
+
+        pairs, _ = read_pairs(self.out / task / "all.jsonl")
+        tok, _ = with_chat_template(lm.tokenizer, "auto")
+        path = self.answers_file(task, which)
+        write_json_atomic(path, source_answers(lm.model, tok, pairs))
+        return path.name
 
     def precondition(self, task: str, labels_run: Any, what: str, current: Any = None):
         """ρ0 = r(labels, Δ of the model to be explained) on the held-out pairs, measured
@@ -433,6 +451,12 @@ class _Experiment:
             checkpoint_every=cfg.checkpoint_every if cond.trajectory else cfg.train_steps,
             verbal=cfg.verbal,
             w_verbal=1.0 if cond.explain else 0.0,
+            verbal_format=cfg.verbal_format,
+            verbal_answers=(
+                str(self.answers_file(task, cond.labels))
+                if cfg.verbal and cfg.verbal_format == "precursor"
+                else None
+            ),
             seed=cfg.seed,
             device=self.device,
         )

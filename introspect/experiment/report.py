@@ -300,6 +300,13 @@ def _verdicts_section(cfg, entries: list[dict[str, Any]]) -> list[str]:
                     f"**{'passed' if ok else 'failed'}** (Self should be consistent with 0) |"
                 )
                 continue
+            if not e.get("model_trains", True):  # Self = Orig by construction
+                lines.append(
+                    f"| {e['task']} | {e['condition']} | {expl} | {_est(t['gap.pearson'])} | "
+                    f"{_est(t['rho'])} | {_est(t['rho_min'])} | — | — | control: the model "
+                    "does not train, so Self = Orig (no verdict) |"
+                )
+                continue
             pre = v.get("rho0")
             rho0 = "—" if not pre or pre.get("rho") is None else f"{pre['rho']:+.3f}"
             lines.append(

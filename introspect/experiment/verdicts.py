@@ -139,7 +139,11 @@ def experiment_verdicts(out: Path, cfg: Any, stages, state: dict[str, Any]) -> l
             st["verdict"] = v
     return [
         {k: v for k, v in e.items() if k != "cond"}
-        | {"description": e["cond"].description, "control_of_others": e["cond"].shuffle}
+        | {
+            "description": e["cond"].description,
+            "control_of_others": e["cond"].shuffle,
+            "model_trains": e["cond"].concurrent,
+        }
         for e in entries.values()
     ]
 

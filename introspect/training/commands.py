@@ -162,6 +162,20 @@ def _add_verbal_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--w-verbal", type=float, default=1.0, help="weight of L_verbal (default 1)")
     g.add_argument(
+        "--verbal-format",
+        choices=("binned", "precursor"),
+        default="binned",
+        help="binned: after x and M0's answer, more/less likely/the same; precursor: the "
+        "question in x's own turn, labels 'remain (X)' / 'change to (Y)' from greedy answers "
+        "(default binned)",
+    )
+    g.add_argument(
+        "--verbal-answers",
+        metavar="JSON",
+        help="precursor: the label source's answers {id: [on x, on x']} (default: the starting "
+        "model's own)",
+    )
+    g.add_argument(
         "--verbal-threshold",
         type=float,
         metavar="T",

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 VERBAL_JSON = "verbal.json"
+BINNED = ("unchanged", "toward", "away")
 
 
 def check_out(
@@ -264,36 +265,105 @@ def verbal_explainer(model, tokenizer, doc: dict[str, Any]):
 def verbal_setup(cfg: TrainConfig, model, tok, pairs, y: np.ndarray, out: Path, resume: bool):
     """``verbal.json`` (written on a fresh start, read on resume), the explainer on the model and
     its training examples (one per pair)."""
-    from introspect.explain import VerbalConfig, base
-
     path = out / VERBAL_JSON
     if resume:
         doc = ck.read_json(path)
+    elif cfg.verbal_format == "precursor":
+        doc = _precursor_doc(cfg, model, tok, pairs)
     else:
-        if cfg.verbal_threshold is not None:
-            threshold = float(cfg.verbal_threshold)
-        else:
-            threshold = float(np.quantile(np.abs(y), 1.0 / 3.0))
-        vc = VerbalConfig(
-            model=cfg.model,
-            labels="binned",
-            threshold=threshold,
-            adapter="full",
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-        )
-        ex = verbal_explainer(model, tok, {"config": base.config_to_dict(vc)})
-        with torch.no_grad():
-            answers = ex.answers(pairs)  # M0's answers on x, fixed from here on
-        doc = {
-            "config": base.config_to_dict(vc),
-            "threshold": threshold,
-            "answers": {p.id: a for p, a in zip(pairs, answers, strict=True)},
-        }
+        doc = _binned_doc(cfg, model, tok, pairs, y)
     ex = verbal_explainer(model, tok, doc)
-    answers = [doc["answers"][p.id] for p in pairs]
-    targets = ex.target_labels(pairs, y)
+    if doc.get("format") == "precursor":
+        targets = [doc["labels"][p.id] for p in pairs]
+        examples = ex.examples(pairs, targets)
+    else:
+        answers = [doc["answers"][p.id] for p in pairs]
+        targets = ex.target_labels(pairs, y)
+        examples = ex.examples(pairs, targets, answers=answers)
     if not resume:
-        doc["label_counts"] = {k: targets.count(k) for k in ("unchanged", "toward", "away")}
+        kinds = sorted(set(targets)) if doc.get("format") == "precursor" else BINNED
+        doc["label_counts"] = {k: targets.count(k) for k in kinds}
         ck.write_json(path, doc)
-    return ex, ex.examples(pairs, targets, answers=answers), doc
+    return ex, examples, doc
+
+
+def _binned_doc(cfg: TrainConfig, model, tok, pairs, y: np.ndarray) -> dict[str, Any]:
+    """The binned format's settings: the threshold and M0's answers on x (shown before the
+    question, fixed from here on)."""
+    from introspect.explain import VerbalConfig, base
+
+    if cfg.verbal_threshold is not None:
+        threshold = float(cfg.verbal_threshold)
+    else:
+        threshold = float(np.quantile(np.abs(y), 1.0 / 3.0))
+    vc = VerbalConfig(
+        model=cfg.model,
+        labels="binned",
+        threshold=threshold,
+        adapter="full",
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+    ex = verbal_explainer(model, tok, {"config": base.config_to_dict(vc)})
+    with torch.no_grad():
+        answers = ex.answers(pairs)
+    return {
+        "config": base.config_to_dict(vc),
+        "threshold": threshold,
+        "answers": {p.id: a for p, a in zip(pairs, answers, strict=True)},
+    }
+
+
+def read_answers(path: str | os.PathLike) -> dict[str, list[str]]:
+    """A label source's greedy answers ``{pair id: [answer on x, answer on x']}``."""
+    doc = ck.read_json(Path(path))
+    if not isinstance(doc, dict) or not all(
+        isinstance(v, list) and len(v) == 2 for v in doc.values()
+    ):
+        raise TrainError(f"{path}: not an answers file ({{id: [answer on x, answer on x']}})")
+    return doc
+
+
+def source_answers(model, tok, pairs) -> dict[str, list[str]]:
+    """The model's greedy answers on x and on x' of every pair (the precursor's labels)."""
+    from introspect.explain import VerbalConfig, base
+
+    vc = VerbalConfig.precursor(adapter="full")
+    ex = verbal_explainer(model, tok, {"config": base.config_to_dict(vc)})
+    with torch.no_grad():
+        ax, am = ex.greedy_answers(pairs, "x"), ex.greedy_answers(pairs, "mod")
+    return {p.id: [a, b] for p, a, b in zip(pairs, ax, am, strict=True)}
+
+
+def _precursor_doc(cfg: TrainConfig, model, tok, pairs) -> dict[str, Any]:
+    """The precursor format's labels: the label source's answer change by greedy argmax (from
+    ``cfg.verbal_answers``, else the starting model's own answers), with the run's label noise
+    (a seeded fraction resampled from the labels' own distribution) or shuffling applied."""
+    from introspect.explain import VerbalConfig, base
+    from introspect.explain.verbal import precursor_labels
+
+    if cfg.verbal_answers is not None:
+        answers = read_answers(cfg.verbal_answers)
+        missing = [p.id for p in pairs if p.id not in answers]
+        if missing:
+            raise TrainError(f"{cfg.verbal_answers}: no answers for pairs {missing[:5]}")
+    else:
+        answers = source_answers(model, tok, pairs)
+    labels = precursor_labels([answers[p.id][0] for p in pairs], [answers[p.id][1] for p in pairs])
+    rng = np.random.default_rng([cfg.seed, 7])
+    if cfg.noise > 0:
+        pick = rng.random(len(labels)) < cfg.noise
+        drawn = rng.integers(0, len(labels), len(labels))
+        labels = [labels[int(d)] if k else v for v, k, d in zip(labels, pick, drawn, strict=True)]
+    if cfg.shuffle_labels:
+        labels = [labels[int(i)] for i in rng.permutation(len(labels))]
+    vc = VerbalConfig.precursor(
+        model=cfg.model, adapter="full", batch_size=cfg.batch_size, seed=cfg.seed
+    )
+    return {
+        "config": base.config_to_dict(vc),
+        "format": "precursor",
+        "answers_file": cfg.verbal_answers,
+        "source_answers": answers,
+        "labels": {p.id: lab for p, lab in zip(pairs, labels, strict=True)},
+    }

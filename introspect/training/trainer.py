@@ -227,10 +227,12 @@ class Trainer:
         )
         if not self.resume:
             counts = self.verbal_doc["label_counts"]
-            self.say(
-                f"verbal labels at threshold {self.verbal_doc['threshold']:.4g}: "
-                + ", ".join(f"{k} {v}" for k, v in counts.items())
+            how = (
+                "from greedy answers on x and x'"
+                if self.verbal_doc.get("format") == "precursor"
+                else f"at threshold {self.verbal_doc['threshold']:.4g}"
             )
+            self.say(f"verbal labels {how}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
     def _probes(self) -> None:
         """The probes (zero at the start), their standardisers on the device, and the model's

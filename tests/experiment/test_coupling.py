@@ -284,6 +284,7 @@ def test_a_gap_from_orig_below_chance_is_called_so():
 
 SETTING_KW = {
     "explain-only": dict(setting="explain-only"),
+    "explain-only-precursor": dict(setting="explain-only", verbal_format="precursor"),
     "earlier-checkpoint": dict(
         setting="earlier-checkpoint", rho_targets=(0.99, 0.3), drift_steps=4, drift_every=1
     ),
@@ -299,7 +300,7 @@ def test_each_setting_runs_resumes_mid_way_and_repeats_for_its_seed(
     kw = dict(SETTING_KW[setting], noise_levels=())
     ref = tmp_path / "ref"
     state = run_coupling(_cfg(model_dir, ref, **kw), say=lambda _m: None)
-    assert state["complete"] and state["config"]["setting"] == setting
+    assert state["complete"] and state["config"]["setting"] == kw["setting"]
     evals = [s for s in plan_stages(_cfg(model_dir, ref, **kw)) if s[1] == "eval"]
     assert evals and any("skipped" not in state["stages"][s[0]] for s in evals)
     # Interrupted in its second evaluation, then resumed: the same numbers as in one go.
@@ -321,7 +322,7 @@ def test_each_setting_runs_resumes_mid_way_and_repeats_for_its_seed(
     run_coupling(_cfg(model_dir, out, **kw), resume=True, say=lambda _m: None)
     assert _metrics(out) == _metrics(ref) and _metrics(ref)
     report = (ref / "report.md").read_text()
-    assert f"setting **{setting}**" in report and "## Verdicts over the trajectory" in report
+    assert f"setting **{kw['setting']}**" in report and "## Verdicts over the trajectory" in report
     verdicts = json.loads((ref / "verdicts.json").read_text())
     assert verdicts and all(
         "precondition" in st["verdict"] for e in verdicts for st in e["explainers"].values()

@@ -646,3 +646,21 @@ def test_the_regulariser_is_the_kl_to_the_start_on_x_and_on_x_mod(ws, tmp_path):
     want = float(np.mean(terms))
     assert want > 1e-4  # the model moved after one step
     assert doc["log"][1]["reg"] == pytest.approx(want, rel=1e-3, abs=1e-6)
+
+
+def test_precursor_labels_are_the_answer_change_by_plain_greedy_argmax(ws, tmp_path):
+    out = tmp_path / "pre"
+    cfg = _cfg(ws, out, concurrent=True, steps=1, batch_size=4, lr=1e-3, verbal=True,
+               verbal_format="precursor")  # fmt: skip
+    train(cfg, say=lambda _m: None)
+    doc = json.loads((out / "verbal.json").read_text())
+    assert doc["format"] == "precursor" and doc["config"]["prompt"] == "same-turn"
+    pairs, _ = read_pairs(ws / "train.jsonl")
+    m0 = load_model(str(ws / "tiny"))
+    for p in pairs:
+        ax, am = (
+            p.choices[int(torch.argmax(_plain_choice_logps(m0.model, m0.tokenizer, x, p.choices)))]
+            for x in (p.x, p.x_mod)
+        )
+        want = f"remain:{ax.strip()}" if ax.strip() == am.strip() else f"change:{am.strip()}"
+        assert doc["labels"][p.id] == want, p.id
