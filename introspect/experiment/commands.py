@@ -59,6 +59,7 @@ def _config(args: argparse.Namespace):
         rho_targets=_floats(args.rho_targets, "--rho-targets"),
         drift_steps=args.drift_steps,
         drift_every=args.drift_every,
+        drift_lr=args.drift_lr,
         rho_threshold=args.rho_threshold,
     )
 
@@ -244,6 +245,13 @@ def _add_earlier_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--drift-steps", type=int, help="at most this many steps from M0 to M1")
     g.add_argument(
         "--drift-every", type=int, metavar="K", help="measure r(Δ_M1, Δ_M0) every K steps"
+    )
+    g.add_argument(
+        "--drift-lr",
+        type=float,
+        metavar="LR",
+        help="learning rate from M0 to M1 (default 1e-5; full: 3e-6); small enough that r "
+        "passes each target between two measurements",
     )
     g.add_argument(
         "--rho-threshold",

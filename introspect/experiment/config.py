@@ -31,7 +31,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "all_conditions_for_every_task": False,
         "rho_targets": (0.9, 0.5),
         "drift_steps": 24,
-        "drift_every": 2,
+        "drift_every": 1,
+        "drift_lr": 1e-5,
     },
     "full": {
         "n_train": 384,
@@ -45,7 +46,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "all_conditions_for_every_task": True,
         "rho_targets": (0.9, 0.7, 0.5, 0.3),
         "drift_steps": 96,
-        "drift_every": 4,
+        "drift_every": 2,
+        "drift_lr": 3e-6,
     },
 }
 
@@ -70,10 +72,11 @@ class ExperimentConfig:
     (M0's labels explained by a later checkpoint M1: the ``earlier-checkpoint`` setting).
     ``objective``: the behaviour objective (None: the task's). ``epochs``: when given, the
     number of steps is ``epochs`` passes over the training pairs. ``rho_targets``,
-    ``drift_steps``, ``drift_every``: where the ``earlier-checkpoint`` setting saves M1 (the
-    first checkpoint with r(Δ_M1, Δ_M0) below each target, measured every ``drift_every`` of at
-    most ``drift_steps`` steps). ``rho_threshold``: below it, a verdict is "precondition not
-    met"."""
+    ``drift_steps``, ``drift_every``, ``drift_lr``: where the ``earlier-checkpoint`` setting saves
+    M1 (the first checkpoint with r(Δ_M1, Δ_M0) below each target, measured every
+    ``drift_every`` of at most ``drift_steps`` steps at learning rate ``drift_lr``; a target
+    whose first checkpoint below it is also below the next target is jumped over, not saved).
+    ``rho_threshold``: below it, a verdict is "precondition not met"."""
 
     model: str
     out: str
@@ -105,6 +108,7 @@ class ExperimentConfig:
     rho_targets: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3)
     drift_steps: int = 48
     drift_every: int = 2
+    drift_lr: float = 1e-5
     rho_threshold: float = 0.5
 
     def __post_init__(self) -> None:
@@ -182,6 +186,8 @@ class ExperimentConfig:
             problems.append(f"rho targets lie in (0, 1), got {list(self.rho_targets)}")
         if self.drift_steps < 1 or self.drift_every < 1:
             problems.append("drift_steps and drift_every must be >= 1")
+        if not self.drift_lr > 0:
+            problems.append(f"drift_lr must be > 0, got {self.drift_lr}")
         if not 0 <= self.rho_threshold <= 1:
             problems.append(f"rho_threshold lies in [0, 1], got {self.rho_threshold}")
         return problems

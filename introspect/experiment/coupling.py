@@ -344,7 +344,9 @@ class _Experiment:
         """The earlier-checkpoint setting's M1s: M0 post-trained on the task objective alone
         (no regulariser, no explanation), r(Δ_M1, Δ_M0) measured on the held-out pairs every
         ``drift_every`` steps, and the model saved (``drift/m1-rho<τ>/model``) where r first
-        falls below each target τ. Targets not reached within ``drift_steps`` are recorded."""
+        falls below each target τ. A target passed in the same measurement as the next lower
+        one is jumped over (its M1 would be the lower target's) and recorded as such, as are
+        targets not reached within ``drift_steps``."""
         import tempfile
 
         import numpy as np
@@ -373,7 +375,7 @@ class _Experiment:
             layer=self.main_layer(),
             steps=cfg.drift_steps,
             batch_size=cfg.batch_size,
-            lr=cfg.lr,
+            lr=cfg.drift_lr,
             probe_lr=cfg.probe_lr,
             difference_probe=False,
             checkpoint_every=cfg.drift_steps,
@@ -383,7 +385,7 @@ class _Experiment:
         model, tok = self.objects["m0"]
         trainer = Trainer(tcfg, model=model, tokenizer=tok, say=_StepClock(name, self.say))
         targets = sorted(cfg.rho_targets, reverse=True)
-        history, reached = [], {}
+        history, reached, jumped = [], {}, {}
         with kept_state(model):
             trainer.setup()
             for k in range(1, cfg.drift_steps + 1):
@@ -396,21 +398,30 @@ class _Experiment:
                         batch_tokens=cfg.batch_tokens, chat_template="auto", say=lambda _m: None,
                     )  # fmt: skip
                     r = float(pearson_r(np.asarray(run.delta), y0))
+                before = history[-1]["rho"] if history else 1.0
                 history.append({"step": k, "rho": r})
                 self.say(f"  [{name}] step {k}: r(Δ_M1, Δ_M0) on held-out pairs = {r:+.3f}")
+                crossed = []
                 while targets and r < targets[0]:
-                    where = dest / m1_name(targets[0]) / "model"
-                    trainer.model.save_pretrained(where)
-                    trainer.tok.save_pretrained(where)
-                    reached[m1_name(targets[0])] = {"target": targets[0], "step": k, "rho": r}
-                    self.say(f"  [{name}] saved {m1_name(targets[0])} at step {k}")
-                    targets.pop(0)
+                    crossed.append(targets.pop(0))
+                for t in crossed[:-1]:
+                    jumped[m1_name(t)] = {"target": t, "step": k, "rho": r, "before": before}
+                    self.say(
+                        f"  [{name}] ρ target {t:g} jumped over: r fell from {before:+.3f} to "
+                        f"{r:+.3f} within {cfg.drift_every} step(s); lower --drift-lr to reach it"
+                    )
+                if crossed:
+                    m1 = m1_name(crossed[-1])
+                    trainer.model.save_pretrained(dest / m1 / "model")
+                    trainer.tok.save_pretrained(dest / m1 / "model")
+                    reached[m1] = {"target": crossed[-1], "step": k, "rho": r}
+                    self.say(f"  [{name}] saved {m1} at step {k}")
                 if not targets:
                     break
         shutil.rmtree(dest / "train", ignore_errors=True)  # its checkpoint is not needed
         for t in targets:
             self.say(f"  [{name}] ρ target {t:g} not reached in {cfg.drift_steps} steps")
-        return {"history": history, "reached": reached, "not_reached": targets}
+        return {"history": history, "reached": reached, "jumped": jumped, "not_reached": targets}
 
     def start_of(self, task: str, cond: Condition) -> str | None:
         """The saved M1 a condition starts from (None: M0); a ``_Skip`` when it was not
@@ -418,6 +429,12 @@ class _Experiment:
         if cond.start == "m0":
             return None
         info = self.state.info(f"{task}/drift")
+        jump = info.get("jumped", {}).get(cond.start)
+        if jump is not None:
+            raise _Skip(
+                f"{cond.start} jumped over: r(Δ_M1, Δ_M0) fell from {jump['before']:+.3f} to "
+                f"{jump['rho']:+.3f} at step {jump['step']}, past the next target too"
+            )
         if cond.start not in info.get("reached", {}):
             raise _Skip(f"{cond.start} not reached: r(Δ_M1, Δ_M0) stayed above its target")
         return str(self.out / task / "drift" / cond.start / "model")

@@ -335,6 +335,27 @@ def _wall_time_section(state: dict[str, Any], stages) -> list[str]:
     ]
 
 
+def _drift_section(cfg, state: dict[str, Any]) -> list[str]:
+    """Where each ρ target's M1 was saved, jumped over or not reached, and r along the way."""
+    lines: list[str] = []
+    for task in cfg.tasks:
+        info = state["stages"].get(f"{task}/drift")
+        if not info or "history" not in info:
+            continue
+        lines += ["", f"## From M0 to M1: {task}", "", "| ρ target | M1 | step | r(Δ_M1, Δ_M0) |"]
+        lines.append("|---:|---|---:|---:|")
+        rows = [(v["target"], k, v["step"], f"{v['rho']:+.3f}") for k, v in info["reached"].items()]
+        rows += [
+            (v["target"], f"jumped over (from {v['before']:+.3f})", v["step"], f"{v['rho']:+.3f}")
+            for v in info.get("jumped", {}).values()
+        ]
+        rows += [(t, "not reached", "—", "—") for t in info.get("not_reached", [])]
+        lines += [f"| {t:g} | {m} | {k} | {r} |" for t, m, k, r in sorted(rows, reverse=True)]
+        trace = ", ".join(f"{h['step']}: {h['rho']:+.2f}" for h in info["history"])
+        lines += ["", f"r by step (learning rate {cfg.drift_lr:g}): {trace}."]
+    return lines
+
+
 def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
     """Writes ``report.md``, ``results.json`` and ``figures/summary.png`` into ``out``."""
     out = Path(out)
@@ -348,6 +369,7 @@ def write_report(out: Path, cfg, state: dict[str, Any], stages) -> Path:
     lines += _results_table(results)
     lines += _behaviour_table(results)
     lines += _checkpoint_tables(entries)
+    lines += _drift_section(cfg, state)
     lines += _wall_time_section(state, stages)
     lines += ["", "## Configuration", "", "```json", json.dumps(cfg.to_json(), indent=2), "```", ""]
     path = out / "report.md"

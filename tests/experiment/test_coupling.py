@@ -286,7 +286,11 @@ SETTING_KW = {
     "explain-only": dict(setting="explain-only"),
     "explain-only-precursor": dict(setting="explain-only", verbal_format="precursor"),
     "earlier-checkpoint": dict(
-        setting="earlier-checkpoint", rho_targets=(0.99, 0.3), drift_steps=4, drift_every=1
+        setting="earlier-checkpoint",
+        rho_targets=(0.99, 0.3),
+        drift_steps=4,
+        drift_every=1,
+        drift_lr=3e-3,
     ),
 }
 
@@ -396,3 +400,22 @@ def test_earlier_checkpoint_saves_m1_where_rho_first_falls_below_each_target(mod
     assert doc["labels_source"]["path"].endswith("sycophancy/m0")
     if "m1-rho0.3" not in drift["reached"]:
         assert state["stages"]["sycophancy/train-m1-rho0.3-explain"]["skipped"]
+
+
+def test_a_target_passed_with_the_next_is_jumped_over_not_saved(model_dir, tmp_path, monkeypatch):
+    import introspect.evaluation.metrics as metrics
+
+    script = iter([0.95, 0.2, 0.1])  # r after steps 1, 2, 3
+    monkeypatch.setattr(metrics, "pearson_r", lambda *_a: next(script))
+    out = tmp_path / "run"
+    kw = dict(SETTING_KW["earlier-checkpoint"], rho_targets=(0.99, 0.9, 0.5), drift_steps=3)
+    state = run_coupling(_cfg(model_dir, out, noise_levels=(), **kw), say=lambda _m: None)
+    drift = state["stages"]["sycophancy/drift"]
+    assert [h["rho"] for h in drift["history"]] == [0.95, 0.2]  # every target passed by step 2
+    assert {k: v["step"] for k, v in drift["reached"].items()} == {"m1-rho0.99": 1, "m1-rho0.5": 2}
+    assert drift["jumped"]["m1-rho0.9"] == {"target": 0.9, "step": 2, "rho": 0.2, "before": 0.95}
+    assert not (out / "sycophancy" / "drift" / "m1-rho0.9").exists()
+    assert "jumped over" in state["stages"]["sycophancy/train-m1-rho0.9-explain"]["skipped"]
+    report = (out / "report.md").read_text()
+    assert "| 0.9 | jumped over (from +0.950) | 2 | +0.200 |" in report
+    assert "| 0.5 | m1-rho0.5 | 2 | +0.200 |" in report
