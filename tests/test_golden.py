@@ -37,3 +37,24 @@ def test_the_comparison_catches_what_it_must():
                 {"r": 0.5, "k": 3, "s": "v"}, {"r": 0.5, "k": 3}):  # fmt: skip
         got = {"a.jsonl": {"sha256": "x", "jsonl": [bad]}}
         assert differences(got, want, exact=False), bad
+
+
+def test_statistics_and_prose_are_compared_at_their_scale():
+    where = "coupling/x/metrics.jsonl"
+    want = {"metrics.jsonl": {"jsonl": [{"value": 0.0054, "c": 0.8, "text": "gap -0.017 lies"}]}}
+
+    def got(**kw):
+        return {
+            "metrics.jsonl": {
+                "jsonl": [{"value": 0.0054, "c": 0.8, "text": "gap -0.017 lies", **kw}]
+            }
+        }
+
+    assert differences(got(value=0.00541), want, exact=False, where=where) == []
+    assert differences(got(value=0.0074), want, exact=False, where=where)  # a real change
+    assert differences(got(text="gap -0.018 lies"), want, exact=False, where=where) == []
+    assert differences(got(text="gap -0.017 holds"), want, exact=False, where=where)
+    assert differences(got(c=0.81), want, exact=False, where=where)  # a determined c
+    ill = {"metrics.jsonl": {"jsonl": [{"c": -2417.5}]}}
+    assert differences({"metrics.jsonl": {"jsonl": [{"c": -1000.0}]}}, ill, exact=False) == []
+    assert differences({"metrics.jsonl": {"jsonl": [{"c": 0.5}]}}, ill, exact=False)

@@ -25,7 +25,7 @@ import torch
 
 from introspect.engine.packing import PackedBatch
 
-HEADS = ("reads", "full")
+HEADS = ("reads", "rows", "full")
 ATTENTIONS = ("auto", "mask", "paired")
 
 
@@ -295,8 +295,16 @@ def _choice_logps(model, batch: PackedBatch, final: torch.Tensor, head: str):
     cols = torch.tensor([c for _, c in coords], device=device)
     lm_head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
-    if head == "full":  # every position through the head: the cost a plain forward pays
-        logits = lm_head(final).float()[rows, cols]
+    # ``rows``: the head module on the read rows, log-softmax in float64. A head that is not a
+    # plain linear layer (one carrying adapters, say) always runs so: its ``.weight`` alone
+    # would not be what it computes.
+    if head == "reads" and type(lm_head) is not torch.nn.Linear:
+        head = "rows"
+    if head in ("full", "rows"):
+        if head == "full":  # every position through the head: the cost a plain forward pays
+            logits = lm_head(final).float()[rows, cols]
+        else:
+            logits = lm_head(final[rows, cols]).double()
         if cap:
             logits = torch.tanh(logits / cap) * cap
         full = torch.log_softmax(logits, dim=-1).to(torch.float64).cpu()

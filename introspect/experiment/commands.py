@@ -250,7 +250,7 @@ def _add_earlier_arguments(g: argparse._ArgumentGroup) -> None:
         "--drift-lr",
         type=float,
         metavar="LR",
-        help="learning rate from M0 to M1 (default 1e-5; full: 3e-6); small enough that r "
+        help="learning rate from M0 to M1 (quick: 3e-5; full: 1e-5); small enough that r "
         "passes each target between two measurements",
     )
     g.add_argument(

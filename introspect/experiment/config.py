@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rho_targets": (0.9, 0.5),
         "drift_steps": 24,
         "drift_every": 1,
-        "drift_lr": 1e-5,
+        "drift_lr": 3e-5,
     },
     "full": {
         "n_train": 384,
@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rho_targets": (0.9, 0.7, 0.5, 0.3),
         "drift_steps": 96,
         "drift_every": 2,
-        "drift_lr": 3e-6,
+        "drift_lr": 1e-5,
     },
 }
 

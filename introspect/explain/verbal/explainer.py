@@ -49,6 +49,9 @@ logger = logging.getLogger(__package__)
 
 _ADAPTERS = ("lora", "full")
 
+EVAL_BATCH_TOKENS = 2048
+"""Positions per packed forward when scoring sentences and reading answers."""
+
 
 @dataclass(frozen=True)
 class VerbalConfig(base.ExplainerConfig):
@@ -268,13 +271,18 @@ class VerbalExplainer(base.Explainer):
 
     def _argmax_choices(self, pairs: Sequence[Any], prompts: Sequence[Any]) -> list[str]:
         """For each pair, the choice with the highest teacher-forced log-probability after the
-        matching prompt (:func:`introspect.behaviour.choice_logprobs`; ties go to the earlier
-        choice), from the model as it is now."""
-        from introspect.behaviour import choice_logprobs, encode
+        matching prompt (ties go to the earlier choice), from the model as it is now; the
+        prompt and its choices run as one packed trie, as the extraction engine runs them."""
+        from introspect.behaviour import encode
+        from introspect.engine.continuations import continuation_logprobs
 
         self._ensure_model()
         enc = [encode(self.tokenizer, x, p.choices) for p, x in zip(pairs, prompts, strict=True)]
-        logps = choice_logprobs(self.model, enc, batch_size=self.config.eval_batch_size)
+        with torch.no_grad():
+            logps = continuation_logprobs(
+                self.model, [e.prompt_ids for e in enc], [e.choice_ids for e in enc],
+                batch_tokens=EVAL_BATCH_TOKENS,
+            )  # fmt: skip
         return [p.choices[int(torch.argmax(lp))] for p, lp in zip(pairs, logps, strict=True)]
 
     def greedy_answers(self, data: Any, side: str = "x") -> list[str]:
@@ -511,21 +519,22 @@ class VerbalExplainer(base.Explainer):
         self, data: Any, *, rows: Any = None, answers: Sequence[str] | None = None
     ) -> list[dict[str, float]]:
         """Per pair, every candidate label with the summed log-probability of its sentence
-        (EOS included) after the prompt, teacher-forced. The prompt runs once per
-        pair; each candidate sentence continues from its key/value cache."""
+        (EOS included) after the prompt, teacher-forced. Each prompt and its candidate
+        sentences run as one packed trie (the prompt once, each sentence a branch of it;
+        :func:`~introspect.engine.continuations.continuation_logprobs`)."""
+        from introspect.engine.continuations import continuation_logprobs
+
         self._ensure_model()
         sel, prompts = self._selected_prompts(data, rows, answers)
         cands = [self._candidates(p, len(ids)) for p, ids in zip(sel, prompts, strict=True)]
-        out: list[dict[str, float]] = [{} for _ in sel]
-        per = max(1, self.config.eval_batch_size // 2)  # prompts per batch; candidates follow
-        for s in range(0, len(sel), per):
-            chunk = range(s, min(s + per, len(sel)))
-            scores = decoding.score_candidates(
-                self.model, [prompts[k] for k in chunk], [cands[k] for k in chunk], self._pad_id()
-            )
-            for k, sc in zip(chunk, scores, strict=True):
-                out[k] = sc
-        return out
+        logps = continuation_logprobs(
+            self.model, prompts, [[ids for _, ids in c] for c in cands],
+            batch_tokens=EVAL_BATCH_TOKENS,
+        )  # fmt: skip
+        return [
+            {label: float(v) for (label, _), v in zip(c, lp.tolist(), strict=True)}
+            for c, lp in zip(cands, logps, strict=True)
+        ]
 
     def _candidates(self, pair: Any, prompt_len: int) -> list[tuple[str, list[int]]]:
         """Each candidate label of ``pair`` with the token ids of its sentence."""

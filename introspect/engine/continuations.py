@@ -1,0 +1,89 @@
+"""Log-probabilities of several continuations of each prompt, in packed forwards.
+
+A prompt and its continuations form one token trie (:func:`~introspect.engine.packing.build_item`):
+the prompt is computed once, each continuation is a branch of it, and only the positions read go
+through the LM head (``head="rows"``: log-softmax in float64). Tries fill rows up to a token budget, exactly as the
+extraction engine packs pairs, so every value equals a separate forward of the prompt followed
+by that continuation. This is how the verbal explainer scores its candidate sentences and how
+the model's answer among a pair's choices is read.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import torch
+
+from introspect.engine.forward import forward_packed, uses_sliding_window
+from introspect.engine.packing import PackedItem, build_item, pack
+
+__all__ = ["continuation_logprobs"]
+
+# Whether a model honours the packed 4D mask, decided once per model object.
+_TREE_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _window(model) -> int | None:
+    if not uses_sliding_window(model):
+        return None
+    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
+    return getattr(cfg, "sliding_window", None)
+
+
+def _run(model, items: list[PackedItem], layout: str, row_tokens: int) -> list[torch.Tensor]:
+    packed = pack(items, row_tokens=row_tokens, layout=layout)
+    res = forward_packed(model, packed, head="rows", attention="mask")
+    return [per_item[0] for per_item in res.logps]
+
+
+def _layout(model, items: list[PackedItem], row_tokens: int, atol: float = 1e-4) -> str:
+    """``tree`` where the model honours the packed mask and no sliding window cuts a row, else
+    ``paths`` (every prompt + continuation a plain sequence of its own). The first time a
+    model is seen, one item is run both ways to decide."""
+    window = _window(model)
+    if window and max(max(i.trie.depth) + 1 for i in items) > window:
+        return "paths"
+    ok = _TREE_OK.get(model)
+    if ok is None:
+        probe = [items[0]]
+        tree, paths = _run(model, probe, "tree", row_tokens), _run(model, probe, "paths", 0)
+        ok = bool(torch.allclose(tree[0], paths[0], rtol=0, atol=atol))
+        _TREE_OK[model] = ok
+    return "tree" if ok else "paths"
+
+
+def continuation_logprobs(
+    model,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[Sequence[int]]],
+    *,
+    batch_tokens: int = 2048,
+    row_tokens: int = 256,
+) -> list[torch.Tensor]:
+    """``out[k][c]`` = log p(continuation c | prompt k), summed over its tokens (float64, on
+    the CPU), from packed forwards of at most about ``batch_tokens`` positions each (a trie
+    longer than that runs alone). Prompts and continuations are token ids; every continuation
+    has at least one token."""
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(continuations)} continuation lists for {len(prompts)} prompts")
+    for k, (p, conts) in enumerate(zip(prompts, continuations, strict=True)):
+        if not p:
+            raise ValueError(f"prompt {k} has no tokens")
+        if not conts or any(len(c) == 0 for c in conts):
+            raise ValueError(f"prompt {k}: every continuation needs at least one token")
+    items = [
+        build_item(k, [list(p)], [list(c) for c in conts])
+        for k, (p, conts) in enumerate(zip(prompts, continuations, strict=True))
+    ]
+    out: list[torch.Tensor] = []
+    start = 0
+    while start < len(items):
+        end, size = start, 0
+        while end < len(items) and (end == start or size + len(items[end].trie) <= batch_tokens):
+            size += len(items[end].trie)
+            end += 1
+        chunk = items[start:end]
+        out.extend(_run(model, chunk, _layout(model, chunk, row_tokens), row_tokens))
+        start = end
+    return out
