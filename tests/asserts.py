@@ -45,3 +45,14 @@ def max_error(actual, truth) -> float:
     d = (actual.detach().to(torch.float64) - truth.detach().to(torch.float64)).abs()
     d = d[torch.isfinite(d)]
     return float(d.max()) if d.numel() else 0.0
+
+
+def plain_logprob(model, prompt: list[int], continuation: list[int]) -> float:
+    """log p(continuation | prompt), summed over its tokens, from one plain unpadded forward of
+    their concatenation (float64 log-softmax): the reference for every packed or cached
+    scoring."""
+    ids = torch.tensor([prompt + continuation])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    n = len(prompt)
+    return float(logp[n - 1 : -1].gather(1, ids[0, n:, None]).sum())

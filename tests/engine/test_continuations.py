@@ -6,20 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from asserts import plain_logprob
 from test_engine import MODELS, _pairs
 from tiny import WORDS
 
 from introspect.behaviour import measure
 from introspect.engine import ExtractConfig, extract_pairs
 from introspect.engine.continuations import continuation_logprobs
-
-
-def _plain(model, prompt: list[int], cont: list[int]) -> float:
-    ids = torch.tensor([prompt + cont])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-    n = len(prompt)
-    return float(logp[n - 1 : -1].gather(1, ids[0, n:, None]).sum())
 
 
 def _data(seed: int = 0):
@@ -51,7 +44,7 @@ def test_equals_plain_forwards(arch, batch_tokens):
     assert len(got) == len(prompts)
     for p, cs, lp in zip(prompts, conts, got, strict=True):
         assert lp.dtype == torch.float64 and lp.shape == (len(cs),)
-        want = [_plain(model, p, c) for c in cs]
+        want = [plain_logprob(model, p, c) for c in cs]
         np.testing.assert_allclose(lp.numpy(), want, rtol=0, atol=1e-4)
 
 
@@ -92,7 +85,7 @@ def test_a_head_with_adapters_is_run_not_read():
     prompts, conts = _data(1)
     got = continuation_logprobs(model, prompts, conts)
     for p, cs, lp in zip(prompts, conts, got, strict=True):
-        np.testing.assert_allclose(lp.numpy(), [_plain(model, p, c) for c in cs], atol=1e-4)
+        np.testing.assert_allclose(lp.numpy(), [plain_logprob(model, p, c) for c in cs], atol=1e-4)
     tok, pairs = tiny_tokenizer(), _pairs()
     ref = measure(model, tok, pairs, batch_size=4)
     res = list(extract_pairs(model, tok, pairs, ExtractConfig(batch_tokens=64)))

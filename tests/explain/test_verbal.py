@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from asserts import plain_logprob
 from tiny import CHAT_TEMPLATE, WORDS
 
 from introspect.behaviour import choice_logprobs, encode
@@ -412,15 +413,6 @@ def test_unfitted_and_modelless_errors(tmp_path):
         VerbalExplainer(config(), model=llama())
 
 
-def _plain_sentence_logprob(model, prompt: list[int], sentence: list[int]) -> float:
-    """log p(sentence | prompt) from one unpadded forward of their concatenation."""
-    ids = torch.tensor([prompt + sentence])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-    n = len(prompt)
-    return float(logp[n - 1 : -1].gather(1, ids[0, n:, None]).sum())
-
-
 @pytest.mark.parametrize("labels", ["choice", "binned"])
 def test_scores_equal_separate_forwards_of_prompt_and_sentence(data, trained, labels):
     # The cached scoring (prompts once, left-padded; candidates continue from the cache, in
@@ -445,7 +437,5 @@ def test_scores_equal_separate_forwards_of_prompt_and_sentence(data, trained, la
         for label, value in scores.items():
             sentence = label_sentence(label, p.choices, p.target, labels)
             ids = trained.tokenizer(sentence, add_special_tokens=False)["input_ids"]
-            ref = _plain_sentence_logprob(
-                trained.model, prompt, [*ids, trained.tokenizer.eos_token_id]
-            )
+            ref = plain_logprob(trained.model, prompt, [*ids, trained.tokenizer.eos_token_id])
             assert value == pytest.approx(ref, abs=1e-4), (p.id, label)

@@ -11,6 +11,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from asserts import plain_logprob
 from test_verbal import CHATTER, CHOICES, FILL, KEYS, LORA, VOCAB, make_pairs
 from tiny import CHAT_TEMPLATE
 
@@ -183,15 +184,6 @@ def test_target_labels_take_precursor_strings_only():
 # --------------------------------------------------------------------------------- answers
 
 
-def _choice_logprob(model, prompt: list[int], choice: list[int]) -> float:
-    """log p(choice | prompt) from one plain forward of their concatenation."""
-    ids = torch.tensor([prompt + choice])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-    n = len(prompt)
-    return float(logp[n - 1 : -1].gather(1, ids[0, n:, None]).sum())
-
-
 def _prompt_tokens(tok, prompt) -> list[int]:
     if isinstance(prompt, str):
         return tok(prompt)["input_ids"]
@@ -210,7 +202,7 @@ def test_greedy_answers_are_the_argmax_of_plain_forwards():
             x = p.prompt if side == "x" else remove_by_hand(p)
             prompt = _prompt_tokens(tok, x)
             lps = [
-                _choice_logprob(model, prompt, tok(c, add_special_tokens=False)["input_ids"])
+                plain_logprob(model, prompt, tok(c, add_special_tokens=False)["input_ids"])
                 for c in p.choices
             ]
             want[side].append(p.choices[int(np.argmax(lps))])
@@ -235,7 +227,7 @@ def remove_by_hand(p: Pair):
 
 def _sentence_logprob(model, tok, prompt: list[int], sentence: str) -> float:
     ids = tok(sentence, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return _choice_logprob(model, prompt, ids)
+    return plain_logprob(model, prompt, ids)
 
 
 def _lse(values) -> float:
