@@ -376,7 +376,7 @@ def paired_attention_triton(
 ) -> torch.Tensor:
     from introspect.kernels import paired_attention as kpa
 
-    block_m = kpa.block_m_for(meta, q.device)
+    block_m = kpa.block_m_for(meta, q.dtype, q.shape[-1])
     blk_seg, blk_q0 = meta.query_blocks(block_m)
     return _triton_op(
         q, k, v, meta.seg_row, meta.seg_q_start, meta.seg_q_end, meta.seg_self_only, meta.kv_ptr,
