@@ -39,7 +39,9 @@ except ImportError:  # pragma: no cover
 
 
 def cpu_backends(op: str, include_reference: bool = False) -> list[str]:
-    names = [b for b in available_backends(op) if b != "cuda"]
+    """Backends that run ``op`` on CPU tensors here (Triton only under the interpreter)."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    names = [b for b in available_backends(op) if b != "cuda" and (b != "triton" or interpreted)]
     return names if include_reference else [b for b in names if b != "reference"]
 
 

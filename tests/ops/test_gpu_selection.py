@@ -7,6 +7,8 @@ dtype."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -154,7 +156,7 @@ def test_unsupported_gpu_falls_back(fake_gpu):
 
 
 def test_triton_refuses_cpu_tensors_without_the_interpreter(fake_gpu, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert unavailable_reason("triton") is None  # a GPU is present ...
     for op in ("delta_probe", "choice_logprobs", "pearson", "paired_attention"):
         with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
@@ -181,11 +183,12 @@ def test_probe_limit_falls_back_on_gpu(fake_gpu):
             _registry.select("delta_probe", backend, GPU, torch.float32, sizes)
 
 
-def test_probe_limit_with_the_interpreted_kernel():
+def test_probe_limit_with_the_triton_kernel():
     pytest.importorskip("triton")
     if "triton" not in available_backends("delta_probe"):
         pytest.skip("triton not available here")
-    h, w = torch.randn(5, 8), torch.randn(MAX_PROBES + 1, 8)
+    device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    h, w = torch.randn(5, 8, device=device), torch.randn(MAX_PROBES + 1, 8, device=device)
     with pytest.raises(BackendUnavailableError, match=f"at most {MAX_PROBES} probes"):
         delta_probe(h, w, backend="triton")
     assert delta_probe(h, w).pred.shape == (5, MAX_PROBES + 1)
