@@ -81,6 +81,17 @@ def test_old_driver_disables_cuda_and_auto_falls_back(fake_gpu):
         _registry.select("delta_probe", "cuda", GPU, torch.float32, {"N": 4, "D": 8, "P": 2})
 
 
+def test_info_command_prints_the_versions_and_the_reason(fake_gpu, capsys):
+    from introspect.cli import main
+
+    fake_gpu(driver=12040)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA runtime compiled in: 13.0; driver: CUDA 12.4" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("cuda "))
+    assert "R580" in line, out
+
+
 def test_driver_of_the_runtime_major_runs_the_kernels(fake_gpu):
     for driver in (13000, 13020, 14000):  # minor version compatibility within 13.x
         fake_gpu(driver=driver, runtime=13010)
@@ -99,13 +110,17 @@ def test_extension_without_the_version_query_is_not_trusted(fake_gpu, monkeypatc
     assert "rebuild" in unavailable_reason("cuda")
 
 
-def test_cpu_machine_says_why_cuda_is_unavailable():
+def test_cpu_machine_says_why_cuda_is_unavailable(capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     _clear_caches()
     reason = build_info()["backends"]["cuda"]
     assert reason != "available"
     assert "no CUDA device" in reason or "introspect._C" in reason, reason
+    from introspect.cli import main
+
+    assert main(["info"]) == 0
+    assert f"cuda       {reason}" in capsys.readouterr().out
 
 
 def test_the_real_version_query():
