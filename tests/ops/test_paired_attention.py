@@ -427,15 +427,18 @@ def test_autocast_leaves_float64_alone_and_mixed_dtypes_fail_outside_it():
         paired_attention(q.float(), k.float(), v.bfloat16(), meta)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("prefix", [(), (2, 6, 20, 21, 22, 23)], ids=["no-prefix", "prefix"])
-def test_engine_forward_under_autocast(backend, prefix):
+PREFIXES = pytest.mark.parametrize(
+    "prefix", [(), (2, 6, 20, 21, 22, 23)], ids=["no-prefix", "prefix"]
+)
+
+
+def _engine_under_autocast(backend: str, prefix, device: str = "cpu") -> None:
     """The path of `extract --dtype autocast-bf16` with paired attention: the packed forward
     under autocast, with and without a float32 prefix cache, is as close to the float32 forward
     as the same forward with the dense mask and the model's SDPA."""
     from introspect.engine.forward import PrefixCache, forward_packed
 
-    model = tiny_llama(hidden=64)
+    model = tiny_llama(hidden=64).to(device)
     batch = pack(_random_batch(seed=3, prefix=prefix), row_tokens=30, prefix=prefix)
     cache = PrefixCache(model, prefix) if prefix else None
 
@@ -453,3 +456,17 @@ def test_engine_forward_under_autocast(backend, prefix):
     for name, got, ref, base in zip(("logps", "hidden"), paired, exact, dense, strict=True):
         bound = 2.0 * max_error(base, ref) + 1e-5
         assert_close(got, ref, atol=bound, rtol=0, name=f"{name}, paired {backend} vs float32")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@PREFIXES
+def test_engine_forward_under_autocast(backend, prefix):
+    _engine_under_autocast(backend, prefix)
+
+
+@pytest.mark.cuda
+@PREFIXES
+def test_engine_forward_under_autocast_on_gpu(prefix):
+    """On CUDA ``auto`` runs the Triton kernel: the path `extract --device cuda --dtype
+    autocast-bf16` takes."""
+    _engine_under_autocast("auto", prefix, "cuda")
