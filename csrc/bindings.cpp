@@ -12,6 +12,7 @@
 #include "pearson.h"
 #ifdef INTROSPECT_WITH_CUDA
 #include "choice_logprobs_cuda.h"
+#include "cuda_info.h"
 #include "delta_probe_cuda.h"
 #endif
 
@@ -103,9 +104,23 @@ void check_cuda(const char* error, const char* what) {
   if (error != nullptr) throw std::runtime_error(std::string(what) + ": " + error);
 }
 
+// {"driver": CUDA version the driver supports (0: no driver), "runtime": CUDA runtime version
+// compiled in, "error": why the driver query failed ("" if it did not)}.
+py::dict cuda_versions() {
+  const char* error = "";
+  const int driver = introspect::cuda::driver_version(&error);
+  py::dict out;
+  out["driver"] = driver;
+  out["runtime"] = introspect::cuda::runtime_version();
+  out["error"] = error;
+  return out;
+}
+
 // The CUDA kernels (host entry points taking device addresses and a stream) and their scratch
 // sizes.
 void bind_cuda(py::module_& m) {
+  m.def("cuda_versions", &cuda_versions,
+        "CUDA versions of the driver (0 if none) and of the runtime compiled in.");
   m.def("delta_probe_fwd_cuda_scratch_bytes", &introspect::cuda::delta_probe_fwd_scratch_bytes);
   m.def("delta_probe_bwd_cuda_scratch_bytes", &introspect::cuda::delta_probe_bwd_scratch_bytes);
   m.def(

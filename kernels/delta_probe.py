@@ -13,8 +13,8 @@ With weights ``w [P, D]``, optional bias ``b [P]`` and optional target ``t [N, P
     G[p, d]     = sum_n resid[n, p] * z[n, d]
     gb[p]       = sum_n resid[n, p]
 
-Forward algorithm (one pass over the rows of ``z``)
----------------------------------------------------
+Forward algorithm
+-----------------
 A 1-D grid of programs; program ``i`` owns row blocks ``i, i + nprog, i + 2*nprog, ...``.
 For each of its row blocks it
 
@@ -23,15 +23,17 @@ For each of its row blocks it
    (``P`` is padded to ``BLOCK_P = max(16, next_pow2(P))`` with masked loads, since
    ``tl.dot`` needs every dimension >= 16);
 2. writes ``pred`` (and, with a target, ``resid``), and adds the block's contribution to
-   register accumulators for ``sse`` and ``gb``;
-3. (target only) walks the same ``D`` chunks again -- the rows of ``z`` were just read and
-   are usually still in cache -- and adds ``resid^T @ z_chunk`` into a partial ``G``
-   buffer ``[nprog, P, D]`` that belongs to this program alone.
+   register accumulators for ``sse`` and ``gb``, stored once per program at the end.
+
+With a target, ``G = resid^T z`` follows as the weight-gradient kernel of the backward pass
+with ``g = resid``: each program keeps its ``[BLOCK_P, BLOCK_D]`` tile of ``G`` in registers
+across all of its rows and stores it once. ``G`` needs a row's full residual, hence its full
+dot product over ``D``, so the hidden states are read twice (once per kernel); the partial
+``G`` is written once per program, never re-read and re-written per row block.
 
 No atomics are used: every program writes its own slice of the partial buffers
 (``G``, ``sse``, ``gb``), and the host reduces them with ``torch.sum(0)``, so results are
-deterministic run to run. The number of programs is capped so that the partial ``G``
-buffer stays within a fixed memory budget.
+deterministic run to run.
 
 Backward
 --------
@@ -67,10 +69,6 @@ SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torc
 # Largest number of probe outputs P the kernels handle (P is padded to a power of two >= 16).
 MAX_P = 64
 
-# Upper bound on the per-program partial G buffer of the forward pass (bytes).
-_PARTIAL_BUDGET_BYTES = 256 * 1024 * 1024
-
-
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -91,7 +89,7 @@ def _delta_probe_load_z(
 @triton.jit
 def _delta_probe_fwd_kernel(
     HX_ptr, HM_ptr, W_ptr, B_ptr, T_ptr,
-    PRED_ptr, RESID_ptr, SSE_part_ptr, GB_part_ptr, G_part_ptr,
+    PRED_ptr, RESID_ptr, SSE_part_ptr, GB_part_ptr,
     N, D, P,
     HX_row_stride, HM_row_stride, W_row_stride,
     HAS_HM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_TARGET: tl.constexpr,
@@ -110,13 +108,12 @@ def _delta_probe_fwd_kernel(
 
     sse_acc = tl.zeros([BLOCK_P], dtype=tl.float32)
     gb_acc = tl.zeros([BLOCK_P], dtype=tl.float32)
-    g_base = G_part_ptr + pid.to(tl.int64) * P * D
 
     for rb in range(pid, num_row_blocks, nprog):
         rows = rb * BLOCK_N + offs_n
         row_mask = rows < N
 
-        # Phase 1: pred = z @ w^T (+ b)
+        # pred = z @ w^T (+ b)
         acc = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + offs_d
@@ -138,32 +135,11 @@ def _delta_probe_fwd_kernel(
         if HAS_TARGET:
             t = tl.load(T_ptr + out_offs, mask=out_mask, other=0.0)
             # Padding lanes (rows >= N, p >= P) hold bias/garbage: zero them so they do
-            # not leak into the reductions below.
+            # not leak into the reductions.
             resid = tl.where(out_mask, pred - t, 0.0)
             tl.store(RESID_ptr + out_offs, resid, mask=out_mask)
             sse_acc += tl.sum(resid * resid, axis=0)
             gb_acc += tl.sum(resid, axis=0)
-
-            # Phase 2: G_partial += resid^T @ z (same D chunks, z re-read while hot).
-            # [BLOCK_P] flag vector: the interpreter rejects a scalar predicate in a load mask.
-            not_first = (offs_p * 0 + rb) != pid
-            resid_t = tl.trans(resid)
-            # The partial tile read below may have been stored by another thread of this
-            # program in the previous row block: make those stores visible first.
-            tl.debug_barrier()
-            for d0 in range(0, D, BLOCK_D):
-                cols = d0 + offs_d
-                col_mask = cols < D
-                z = _delta_probe_load_z(
-                    HX_ptr, HM_ptr, HX_row_stride, HM_row_stride, rows, cols,
-                    row_mask[:, None] & col_mask[None, :], HAS_HM,
-                )  # fmt: skip
-                g_ptrs = g_base + offs_p[:, None] * D + cols[None, :]
-                g_mask = p_mask[:, None] & col_mask[None, :]
-                # The buffer is uninitialised: the first row block stores, later ones add.
-                prev = tl.load(g_ptrs, mask=g_mask & not_first[:, None], other=0.0)
-                prev = tl.dot(resid_t, z, acc=prev, input_precision="ieee")
-                tl.store(g_ptrs, prev, mask=g_mask)
 
     if HAS_TARGET:
         tl.store(SSE_part_ptr + pid * P + offs_p, sse_acc, mask=p_mask)
@@ -326,20 +302,18 @@ def delta_probe_fwd(
     num_row_blocks = triton.cdiv(N, cfg["BLOCK_N"])
     if t is None:
         nprog = num_row_blocks
-        resid = sse_part = gb_part = g_part = pred  # unused placeholders
+        resid = sse_part = gb_part = pred  # unused placeholders
     else:
-        budget_progs = max(1, _PARTIAL_BUDGET_BYTES // (P * D * 4))
-        nprog = max(1, min(num_row_blocks, _max_programs(dev), budget_progs))
+        nprog = max(1, min(num_row_blocks, _max_programs(dev)))
         resid = torch.empty((N, P), dtype=f32, device=dev)
         sse_part = torch.empty((nprog, P), dtype=f32, device=dev)
         gb_part = torch.empty((nprog, P), dtype=f32, device=dev)
-        g_part = torch.empty((nprog, P, D), dtype=f32, device=dev)
 
     with device_ctx(dev):
         _delta_probe_fwd_kernel[(nprog,)](
             hx, hm if hm is not None else hx, w, b if b is not None else w,
             t if t is not None else pred,
-            pred, resid, sse_part, gb_part, g_part,
+            pred, resid, sse_part, gb_part,
             N, D, P,
             hx.stride(0), hm.stride(0) if hm is not None else 0, w.stride(0),
             HAS_HM=hm is not None, HAS_BIAS=b is not None, HAS_TARGET=t is not None, **cfg,
@@ -347,9 +321,31 @@ def delta_probe_fwd(
 
     if t is None:
         return pred, None, None, None, None
+    G = _grad_w(hx, hm, resid)
     if nprog == 1:
-        return pred, resid, sse_part[0], g_part[0], gb_part[0]
-    return pred, resid, sse_part.sum(0), g_part.sum(0), gb_part.sum(0)
+        return pred, resid, sse_part[0], G, gb_part[0]
+    return pred, resid, sse_part.sum(0), G, gb_part.sum(0)
+
+
+def _grad_w(hx: torch.Tensor, hm: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor:
+    """``g^T z`` ([P, D] float32) for ``g`` [N, P] float32 contiguous, N, D > 0: each program
+    keeps its tile in registers over its rows and stores it once; the host sums the splits."""
+    N, D = hx.shape
+    P = g.shape[1]
+    dev = hx.device
+    cfg = _config(_GPU_BWD_W, N, D, P)
+    num_d_blocks = triton.cdiv(D, cfg["BLOCK_D"])
+    num_row_blocks = triton.cdiv(N, cfg["BLOCK_N"])
+    target = 2 * _max_programs(dev)
+    splits = max(1, min(num_row_blocks, 65535, triton.cdiv(target, num_d_blocks)))
+    part = torch.empty((splits, P, D), dtype=torch.float32, device=dev)
+    with device_ctx(dev):
+        _delta_probe_bwd_w_kernel[(num_d_blocks, splits)](
+            hx, hm if hm is not None else hx, g, part,
+            N, D, P, hx.stride(0), hm.stride(0) if hm is not None else 0,
+            HAS_HM=hm is not None, **cfg,
+        )  # fmt: skip
+    return part[0] if splits == 1 else part.sum(0)
 
 
 def delta_probe_bwd(
@@ -392,21 +388,6 @@ def delta_probe_bwd(
                 )  # fmt: skip
 
     if need_gw:
-        if empty:
-            gw = torch.zeros((P, D), dtype=torch.float32, device=dev)
-        else:
-            cfg = _config(_GPU_BWD_W, N, D, P)
-            num_d_blocks = triton.cdiv(D, cfg["BLOCK_D"])
-            num_row_blocks = triton.cdiv(N, cfg["BLOCK_N"])
-            target = 2 * _max_programs(dev)
-            splits = max(1, min(num_row_blocks, 65535, triton.cdiv(target, num_d_blocks)))
-            gw_part = torch.empty((splits, P, D), dtype=torch.float32, device=dev)
-            with device_ctx(dev):
-                _delta_probe_bwd_w_kernel[(num_d_blocks, splits)](
-                    hx, hm if hm is not None else hx, g, gw_part,
-                    N, D, P, hx.stride(0), hm.stride(0) if hm is not None else 0,
-                    HAS_HM=hm is not None, **cfg,
-                )  # fmt: skip
-            gw = gw_part[0] if splits == 1 else gw_part.sum(0)
+        gw = torch.zeros((P, D), dtype=torch.float32, device=dev) if empty else _grad_w(hx, hm, g)
 
     return gw, ghx, ghm

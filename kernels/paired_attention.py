@@ -179,18 +179,56 @@ def _paired_attention_fwd_kernel(
 # ----------------------------------------------------------------------------- host side
 
 
-def block_m_for(meta, device: torch.device) -> int:
-    """Queries per program: the longest segment rounded up to a power of two, in [16, 64]."""
-    return max(16, min(64, triton.next_power_of_2(max(1, meta.longest))))
+# GPU launch configurations per (operand kind, BLOCK_D >= 64): (largest BLOCK_M, BLOCK_N,
+# num_warps, num_stages). float32 runs tl.dot on CUDA cores (input_precision="ieee"), whose
+# operand layouts keep whole rows in registers; bfloat16/float16 run on tensor cores. Triton
+# 3.9's ahead-of-time compile (triton.compile for GPUTarget("cuda", cc, 32), no GPU needed) gives
+# registers per thread at the largest BLOCK_M on sm_80 / sm_86 / sm_90, and shared memory:
+#   fp32  64: 110 / 94 / 94,   28 KiB    bf16  64: 180 / 179 / 122, 12 KiB
+#   fp32 128: 175 / 128 / 117, 52 KiB    bf16 128: 180 / 184 / 182, 18 KiB
+#   fp32 256: 126 / 128 / 118, 49 KiB    bf16 256: 186 / 194 / 233, 25 KiB
+# (float16 as bfloat16), with no spills, within the 99 KiB of shared memory of sm_86/sm_89, the
+# smallest limit (sm_80: 163 KiB, sm_90: 227 KiB). tests/kernels/triton_aot.py recompiles the
+# table for sm_80, sm_86 and sm_90 (and the smallest BLOCK_M) and checks both. Larger tiles spill
+# on sm_80 (16-bit 64 x 64 at head dim 64, 32 x 32 at 256) or, in fp32, everywhere; 64 x 64
+# fp32 tiles need 112 KiB at head dim 128, over sm_86's limit.
+GPU_CONFIGS: dict[tuple[str, int], tuple[int, int, int, int]] = {
+    ("fp32", 64): (32, 32, 8, 2),
+    ("fp32", 128): (32, 32, 8, 2),
+    ("fp32", 256): (16, 16, 8, 2),
+    ("16bit", 64): (64, 32, 8, 2),
+    ("16bit", 128): (32, 32, 8, 2),
+    ("16bit", 256): (16, 32, 8, 2),
+}
+#: Shared memory one program may use, per compute capability (bytes; sm_89 as sm_86).
+SHARED_LIMITS = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+_INTERPRETER_CONFIG = (64, 128, 4, 1)  # few, wide tiles: the interpreter's cost is per op
 
 
-def _launch_config(block_m: int, head_dim_block: int) -> dict[str, int]:
-    if interpreting():
-        # Few, wide key tiles: interpreter cost is per executed op, not per element.
-        return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 1}
-    block_n = 64 if head_dim_block <= 128 else 32
-    warps = 4 if block_m * head_dim_block <= 64 * 64 else 8
-    return {"BLOCK_N": block_n, "num_warps": warps, "num_stages": 2}
+def block_d_for(head_dim: int) -> int:
+    """Head dims are padded to a power of two, at least 16 (tl.dot's smallest)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def gpu_config(dtype: torch.dtype, head_dim: int) -> tuple[int, int, int, int]:
+    """(largest BLOCK_M, BLOCK_N, num_warps, num_stages) for this dtype and head dim."""
+    kind = "fp32" if dtype == torch.float32 else "16bit"
+    return GPU_CONFIGS[(kind, max(64, block_d_for(head_dim)))]
+
+
+def _config(dtype: torch.dtype, head_dim: int) -> tuple[int, int, int, int]:
+    return _INTERPRETER_CONFIG if interpreting() else gpu_config(dtype, head_dim)
+
+
+def block_m_for(meta, dtype: torch.dtype, head_dim: int) -> int:
+    """Queries per program: the longest segment rounded up to a power of two, at least 16 and
+    at most what this dtype and head dim allow (a longer segment takes several blocks)."""
+    return max(16, min(_config(dtype, head_dim)[0], triton.next_power_of_2(max(1, meta.longest))))
+
+
+def _launch_config(dtype: torch.dtype, head_dim: int) -> dict[str, int]:
+    _, block_n, warps, stages = _config(dtype, head_dim)
+    return {"BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -238,8 +276,8 @@ def paired_attention_fwd(
     n_blocks = blk_seg.shape[0]
     if n_blocks == 0 or Hq == 0:
         return out
-    block_d = max(16, triton.next_power_of_2(D))
-    cfg = _launch_config(block_m, block_d)
+    block_d = block_d_for(D)
+    cfg = _launch_config(q.dtype, D)
     interpret_bf16 = interpreting() and q.dtype == torch.bfloat16
     with device_ctx(q.device):
         _paired_attention_fwd_kernel[(n_blocks, Hq)](

@@ -44,3 +44,23 @@ def test_choice_logprobs_cuda_kernel_compiled_when_a_compiler_is_present():
     # The scratch size is host arithmetic: callable without a GPU.
     assert module.choice_logprobs_cuda_scratch_bytes(0, 10) == 0
     assert module.choice_logprobs_cuda_scratch_bytes(4096, 49152) >= 2 * 4096 * 4
+
+
+@pytest.mark.skipif(
+    os.environ.get("INTROSPECT_NATIVE", "ON").upper() in ("OFF", "0"),
+    reason="built with INTROSPECT_NATIVE=OFF",
+)
+def test_cuda_build_reports_its_runtime_and_the_driver():
+    """A CUDA build says which CUDA runtime it carries (statically linked: the driver must
+    support its major version) and what the driver supports, without creating a context."""
+    if not _cuda_compiler_present() or os.environ.get("INTROSPECT_CUDA", "").upper() == "OFF":
+        pytest.skip("no CUDA compiler here (or INTROSPECT_CUDA=OFF): nothing to check")
+    import subprocess
+
+    versions = _native.cuda_versions()
+    assert versions is not None, "the CUDA build has no cuda_versions()"
+    assert isinstance(versions["driver"], int) and versions["driver"] >= 0
+    nvcc = os.environ.get("CUDACXX") or shutil.which("nvcc")
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    major, minor = versions["runtime"] // 1000, versions["runtime"] % 1000 // 10
+    assert f"release {major}.{minor}" in out, (versions, out)

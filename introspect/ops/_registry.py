@@ -10,6 +10,11 @@ Rules:
 - An explicitly requested backend that cannot run raises :class:`BackendUnavailableError`
   saying why.
 - ``INTROSPECT_BACKEND=<name>`` replaces ``"auto"`` process-wide (and is then explicit).
+- ``cuda`` needs a driver for the CUDA major version ``_C`` was built with (its runtime is linked
+  statically, so this can be newer than what PyTorch's CUDA build needs) and a GPU of an
+  architecture it was built for; ``triton`` runs CPU tensors only under the interpreter.
+- ``auto`` tries ``cpp``, ``reference`` on CPU and ``cuda``, ``triton``, ``reference`` on CUDA,
+  unless the op sets its own order per dtype (:func:`set_auto_order`).
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from introspect.errors import EXIT_USAGE, IntrospectError
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 ENV_VAR = "INTROSPECT_BACKEND"
 
-# Order tried by "auto" for each device type. Interpreted Triton is never chosen automatically.
+# Order tried by "auto" for each device type (an op may set its own per dtype, see
+# set_auto_order). Interpreted Triton is never chosen automatically.
 _AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
+_OP_AUTO_ORDER: dict[str, Callable[[str, torch.dtype], tuple[str, ...] | None]] = {}
 
 
 class BackendUnavailableError(IntrospectError, RuntimeError):
@@ -70,6 +77,19 @@ def register(
     return deco
 
 
+def set_auto_order(op: str, order: Callable[[str, torch.dtype], tuple[str, ...] | None]) -> None:
+    """``order(device_type, dtype)`` gives the backends ``auto`` tries for ``op`` (``None``: the
+    default order of that device type)."""
+    _OP_AUTO_ORDER[op] = order
+
+
+def auto_order(op: str, device_type: str, dtype: torch.dtype) -> tuple[str, ...]:
+    """The backends ``auto`` tries for ``op`` on ``device_type`` tensors of ``dtype``, in order."""
+    custom = _OP_AUTO_ORDER.get(op)
+    order = custom(device_type, dtype) if custom is not None else None
+    return order if order is not None else _AUTO_ORDER.get(device_type, ("reference",))
+
+
 def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -90,6 +110,26 @@ def _cuda_present() -> bool:
     return torch.cuda.is_available()
 
 
+@functools.cache
+def _cuda_driver_reason() -> str | None:
+    # Cached: the driver does not change under a running process. Creates no CUDA context.
+    return _native.cuda_driver_reason(_native.cuda_versions())
+
+
+def _device_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+@functools.cache
+def _cuda_device_reason(index: int) -> str | None:
+    """Why the CUDA kernels cannot run on GPU ``index`` (its architecture), or ``None``. Only
+    asked for tensors already on that GPU, so CUDA is initialised by then."""
+    return _native.cuda_device_reason(
+        _device_capability(index), _native.build_info().get("cuda_archs", ""),
+        _native.cuda_versions() or {"driver": 0, "runtime": 0},
+    )  # fmt: skip
+
+
 def unavailable_reason(backend: str) -> str | None:
     """``None`` if ``backend`` can run on this machine, else a sentence saying why not."""
     if backend not in BACKENDS:
@@ -105,8 +145,9 @@ def unavailable_reason(backend: str) -> str | None:
         if not _native.build_info().get("cuda", False):
             return "introspect._C was built without CUDA kernels (no CUDA compiler at build time)"
         if not _cuda_present():
-            return "no CUDA device is available"
-        return None
+            driver = _cuda_driver_reason()
+            return "no CUDA device is available" + (f" ({driver})" if driver else "")
+        return _cuda_driver_reason()
     # triton
     reason = _triton_import_error()
     if reason is not None:
@@ -145,6 +186,17 @@ def _why_not(
     if device.type not in impl.devices:
         where = " or ".join(sorted(d.upper() for d in impl.devices))
         return f"backend {backend!r} runs {op!r} on {where} tensors, but the inputs are on {device}"
+    if backend == "triton" and device.type == "cpu" and not _triton_interpreted():
+        return (
+            f"backend 'triton' runs {op!r} on CUDA tensors, and on CPU tensors only under the "
+            "Triton interpreter (TRITON_INTERPRET=1, set before triton is imported); the inputs "
+            "are on cpu"
+        )
+    if backend == "cuda" and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        reason = _cuda_device_reason(index)
+        if reason is not None:
+            return f"backend 'cuda' cannot run on {device}: {reason}"
     if dtype not in impl.dtypes:
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in impl.dtypes))
         return f"backend {backend!r} runs {op!r} on {names}, but the inputs are {dtype}"
@@ -170,7 +222,7 @@ def select(
                 f"{ENV_VAR}={backend!r} is not a backend; choose from {', '.join(BACKENDS)}"
             )
     if backend == "auto":
-        for name in _AUTO_ORDER.get(device.type, ("reference",)):
+        for name in auto_order(op, device.type, dtype):
             if _why_not(op, name, device, dtype, sizes) is None:
                 return name, _OPS[op][name]
         raise BackendUnavailableError(f"no backend can run {op!r} on {device} / {dtype}")

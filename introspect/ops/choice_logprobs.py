@@ -237,6 +237,17 @@ _registry.register(
 )(_native_impl(_triton_op))
 
 
+def _auto_order(device_type: str, dtype: torch.dtype) -> tuple[str, ...] | None:
+    # bf16/fp16 heads: Triton's tensor-core tiles before the CUDA kernel's fp32 CUDA-core FMAs.
+    # float32 keeps the default order (both kernels are fp32 FMA there; the CUDA one first).
+    if device_type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return ("triton", "cuda", "reference")
+    return None
+
+
+_registry.set_auto_order(OP, _auto_order)
+
+
 # --------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------

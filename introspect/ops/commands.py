@@ -19,11 +19,14 @@ def build_info() -> dict:
         "torch": torch.__version__,
         "native_build": _native.build_info() or None,
         "native_reason": None if _native.build_info() else _native.unavailable_reason(),
+        "cuda_versions": _native.cuda_versions(),
         "backends": {b: unavailable_reason(b) or "available" for b in BACKENDS},
     }
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from introspect import _native
+
     report = build_info()
     if write_json_output(args.json, report) and args.json == "-":
         return 0
@@ -32,6 +35,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if build:
         cuda = f"yes ({build['cuda_archs']}: {build['cuda_kernels']})" if build["cuda"] else "no"
         print(f"native extension: {build['compiler']}; CUDA kernels: {cuda}")
+        versions = report["cuda_versions"]
+        if versions:
+            driver = versions["driver"]
+            print(
+                f"CUDA runtime compiled in: {_native.cuda_version_str(versions['runtime'])}; "
+                + (
+                    f"driver: CUDA {_native.cuda_version_str(driver)}"
+                    if driver
+                    else "no NVIDIA driver found"
+                )
+            )
     else:
         print(f"native extension: not loaded ({report['native_reason']})")
     print("backends:")

@@ -13,9 +13,11 @@ differentiable with respect to the hidden states, weights, bias and target.
 Accumulation is float32 on every backend. Hidden states may be float32 or bfloat16 (the
 reference also takes float16/float64); outputs have the promoted dtype of the inputs.
 
-The native backends compute, in the same single pass over the rows, the prediction, the
-residual, the squared error and the weight/bias gradient of the loss, so a training step
-(forward + backward) reads the hidden states once.
+The native backends compute, in the forward, the prediction, the residual, the squared error
+and the weight/bias gradient of the loss, so a training step needs no second pass for the
+weights: ``cpp`` in one pass over the rows, ``cuda`` and ``triton`` in two (the weight gradient
+needs each row's finished residual), each keeping its gradient tile in registers across its
+rows and writing it once.
 """
 
 from __future__ import annotations
@@ -300,20 +302,29 @@ _triton_op = _make_native_op("triton", _triton_fwd, _triton_bwd, ("cpu", "cuda")
 _registry.register(OP, "cpp", devices={"cpu"}, dtypes=_NATIVE_DTYPES)(_native_impl(_cpp_op))
 
 
-def _cuda_accepts(sizes: dict) -> str | None:
-    if sizes["P"] > 64:
-        return f"the CUDA kernel takes at most 64 probes, got P = {sizes['P']}"
-    if sizes["D"] < 1:
-        return "the CUDA kernel needs D >= 1"
-    return None
+MAX_PROBES = 64
+"""Most probes P the CUDA and Triton kernels take (csrc/delta_probe.cu: kMaxProbes,
+kernels/delta_probe.py: MAX_P); ``auto`` runs more on the reference."""
 
 
-_registry.register(OP, "cuda", devices={"cuda"}, dtypes=_NATIVE_DTYPES, accepts=_cuda_accepts)(
-    _native_impl(_cuda_op)
-)
-_registry.register(OP, "triton", devices={"cpu", "cuda"}, dtypes=_NATIVE_DTYPES)(
-    _native_impl(_triton_op)
-)
+def _kernel_accepts(what: str, min_d: int):
+    def accepts(sizes: dict) -> str | None:
+        if sizes["P"] > MAX_PROBES:
+            return f"the {what} kernel takes at most {MAX_PROBES} probes, got P = {sizes['P']}"
+        if sizes["D"] < min_d:
+            return f"the {what} kernel needs D >= {min_d}"
+        return None
+
+    return accepts
+
+
+_registry.register(
+    OP, "cuda", devices={"cuda"}, dtypes=_NATIVE_DTYPES, accepts=_kernel_accepts("CUDA", 1)
+)(_native_impl(_cuda_op))
+_registry.register(
+    OP, "triton", devices={"cpu", "cuda"}, dtypes=_NATIVE_DTYPES,
+    accepts=_kernel_accepts("Triton", 0),
+)(_native_impl(_triton_op))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

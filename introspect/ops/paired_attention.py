@@ -376,7 +376,7 @@ def paired_attention_triton(
 ) -> torch.Tensor:
     from introspect.kernels import paired_attention as kpa
 
-    block_m = kpa.block_m_for(meta, q.device)
+    block_m = kpa.block_m_for(meta, q.dtype, q.shape[-1])
     blk_seg, blk_q0 = meta.query_blocks(block_m)
     return _triton_op(
         q, k, v, meta.seg_row, meta.seg_q_start, meta.seg_q_end, meta.seg_self_only, meta.kv_ptr,
@@ -387,6 +387,19 @@ def paired_attention_triton(
 # --------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------
+
+
+def _autocast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """q, k, v as SDPA sees them under autocast: inside an autocast region for their device
+    type, every float16/bfloat16/float32 input is cast to the autocast dtype (float64 is left
+    as it is), so the attention and its output are in that dtype. Under autocast a Llama-style
+    model hands over q, k in float32 (RoPE's float32 cos/sin promote them) and v in the autocast
+    dtype, and a cached prefix can promote v too. Outside autocast nothing changes."""
+    device_type = q.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return q, k, v
+    low = torch.get_autocast_dtype(device_type)
+    return tuple(t if t.dtype in (low, torch.float64) else t.to(low) for t in (q, k, v))
 
 
 def paired_attention(
@@ -409,12 +422,21 @@ def paired_attention(
 
     Returns:
         [B, Hq, T, Dh] in q's dtype. Padding positions attend to themselves only.
+
+    Under autocast (``torch.autocast`` for the inputs' device type) the op does what
+    ``scaled_dot_product_attention`` does there: q, k and v are cast to the autocast dtype
+    (float64 inputs excepted), the attention runs in it and the output is in it. Outside
+    autocast q, k and v must share a dtype.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.floating(OP, name, t, 4)
     _checks.same_device(OP, q=q, k=k, v=v)
+    q, k, v = _autocast(q, k, v)
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"{OP}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(
+            f"{OP}: q, k, v must share a dtype (outside autocast), got {q.dtype}, {k.dtype}, "
+            f"{v.dtype}"
+        )
     if not isinstance(meta, SegmentMeta):
         raise TypeError(f"{OP}: meta must be a SegmentMeta (see segment_meta), got {type(meta)}")
     B, Hq, T, D = q.shape

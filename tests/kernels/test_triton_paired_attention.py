@@ -121,8 +121,8 @@ def test_matches_reference(case):
 def test_segments_split_into_several_tiles(monkeypatch, block_m, block_n):
     """A 97-token segment spans several query blocks and key tiles; a padding block wider than a
     key tile has queries that see nothing in its first tile."""
-    monkeypatch.setattr(kpa, "block_m_for", lambda meta, device: block_m)
-    config = kpa._launch_config(block_m, 64)
+    monkeypatch.setattr(kpa, "block_m_for", lambda *_: block_m)
+    config = kpa._launch_config(torch.float32, 64)
     monkeypatch.setattr(kpa, "_launch_config", lambda *_: {**config, "BLOCK_N": block_n})
     meta = segment_meta([pair(1, 96, [30]), chain(2)])
     assert 97 in (meta.seg_q_end - meta.seg_q_start).tolist()
@@ -228,3 +228,104 @@ def test_rejects_what_it_cannot_run():
     q, k, v = _qkv(1, 2, 2, 6, 6, 64, torch.float32)
     with pytest.raises(ValueError, match="width 5"):
         paired_attention(q, k, v, meta, backend="triton")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU launch configurations: they fit every target's shared memory and do not spill
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_launch_config_for_every_head_dim(dtype):
+    for head_dim in range(1, kpa.MAX_HEAD_DIM + 1):
+        cap_m = kpa.gpu_config(dtype, head_dim)[0]
+        assert kpa.block_d_for(head_dim) >= max(16, head_dim)
+        for longest in (1, 17, 100, 5000):
+            meta = segment_meta([chain(longest)])
+            block_m = kpa.block_m_for(meta, dtype, head_dim)
+            assert 16 <= block_m <= (64 if INTERPRET else cap_m)
+            assert block_m & (block_m - 1) == 0
+
+
+def _aot(entries: list[list]) -> list[dict]:
+    """``triton_aot.py`` in a process without the interpreter: one result per entry."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    res = subprocess.run(
+        [sys.executable, os.path.join(here, "triton_aot.py"), json.dumps(entries)],
+        capture_output=True, text=True, env=env, cwd=here, timeout=3000,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [json.loads(line) for line in res.stdout.splitlines()]
+
+
+def _check_aot(rows: list[dict]) -> None:
+    for row in rows:
+        assert "error" not in row, row
+        limit = kpa.SHARED_LIMITS[row["capability"]]
+        assert row["shared"] <= limit, f"{row}: needs more shared memory than {limit} bytes"
+        assert row["stack"] in (None, 0), f"{row}: spills registers to the stack"
+
+
+@pytest.mark.slow
+def test_largest_launch_config_fits_sm86():
+    """The entry that needs the most shared memory, compiled for sm_86 (the smallest limit):
+    seconds. The whole table is checked by the test below."""
+    _check_aot(_aot([["fp32", 128, 86]]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("INTROSPECT_TRITON_AOT") != "1",
+    reason="compiles every configuration for sm_80/86/90 (minutes): set INTROSPECT_TRITON_AOT=1",
+)
+def test_every_launch_config_compiles_for_every_target():
+    entries = []
+    for (kind, head_dim), (cap_m, *_) in kpa.GPU_CONFIGS.items():
+        for dtype in ("fp32",) if kind == "fp32" else ("bf16", "fp16"):
+            for capability in (80, 86, 90):
+                entries.append([dtype, head_dim, capability])
+            if cap_m > 16:  # the smallest query block too
+                entries.append([dtype, head_dim, 90, 16])
+    _check_aot(_aot(entries))
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: rows of ~2k tokens, every head dim class and GQA group, fp32 and bf16
+# ---------------------------------------------------------------------------------------------
+
+LONG_ROWS = [
+    pair(1536, 256, [160, 95]),  # a long shared prefix, x's suffix, two x' suffixes: 2047
+    concat(pair(700, 300, [300]), pair(400, 200, [100, 47])),  # two pairs in one row: 2047
+    chain(2047),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("group", [1, 4, 7])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_gpu_long_rows(head_dim, group, dtype):
+    """Every launch configuration (head dim x dtype) on rows of 2047 tokens, segments far longer
+    than a query block, against float64 SDPA on the same GPU."""
+    assert DEVICE == "cuda"
+    meta = segment_meta(LONG_ROWS)
+    Hkv = 2
+    q, k, v = _qkv(meta.rows, Hkv * group, Hkv, meta.width, meta.width, head_dim, dtype)
+    _check(paired_attention(q, k, v, meta, backend="triton"), q, k, v, meta)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_long_rows_with_a_cached_prefix(dtype):
+    P = 1000
+    rows = [pair(500, 300, [200, 47]), concat(chain(600, first=PREFIX), pair(100, 200, [100]))]
+    rows[0][0] = PREFIX
+    meta = segment_meta(rows, prefix_len=P)
+    q, k, v = _qkv(meta.rows, 8, 2, meta.width, P + meta.width, 128, dtype)
+    _check(paired_attention(q, k, v, meta, backend="triton"), q, k, v, meta)

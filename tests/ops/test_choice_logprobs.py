@@ -13,6 +13,7 @@ import tempfile
 import pytest
 import torch
 from asserts import assert_close, max_error
+from conftest import cpu_backends
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -400,7 +401,7 @@ def test_explicit_backend_that_cannot_run_raises():
         choice_logprobs(hidden, weight, choices, backend="cuda")
     with pytest.raises(BackendUnavailableError, match="no 'cpp' implementation"):
         choice_logprobs(hidden, weight, choices, backend="cpp")
-    if "triton" in available_backends("choice_logprobs"):
+    if "triton" in cpu_backends("choice_logprobs"):
         with pytest.raises(BackendUnavailableError, match="float64"):
             choice_logprobs(hidden.double(), weight.double(), choices, backend="triton")
 
@@ -462,3 +463,29 @@ def test_gpu_backends_match_dense_float64(backend, dtype, shape):
                               softcap=softcap, backend=backend)  # fmt: skip
         got = type(out)(out.logp.cpu(), out.lse.cpu())
         _check(got, truth, 2e-6, 2e-6, f"{backend} {dtype} softcap={softcap}")
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_head_of_more_than_2_31_elements(backend):
+    """A [V, D] bfloat16 head of more than 2^31 elements (4 GiB): offsets into it must be
+    64-bit. Choices near the end of the vocabulary; float64 truth in vocabulary chunks."""
+    if backend not in available_backends("choice_logprobs"):
+        pytest.skip(f"{backend} not available")
+    M, V, D = 3, (1 << 18) + 3, 8192
+    g = torch.Generator(device="cuda").manual_seed(0)
+    weight = (torch.randn(V, D, generator=g, device="cuda") / D**0.5).to(torch.bfloat16)
+    hidden = torch.randn(M, D, generator=g, device="cuda", dtype=torch.bfloat16)
+    assert weight.numel() > 2**31
+    choices = torch.tensor([[V - 1, 0], [V - 2, V // 2], [V - 3, -1]], device="cuda")
+    out = choice_logprobs(hidden, weight, choices, backend=backend)
+    logits = torch.cat(
+        [hidden.double() @ weight[lo : lo + 16384].double().T for lo in range(0, V, 16384)], 1
+    )
+    lse = torch.logsumexp(logits, -1)
+    logp = (logits.gather(1, choices.clamp(min=0)) - lse[:, None]).masked_fill(
+        choices < 0, -math.inf
+    )
+    _check(type(out)(out.logp.cpu(), out.lse.cpu()), (logp.cpu(), lse.cpu(), logits.cpu()),
+           2e-6, 2e-6, f"{backend} V*D > 2^31")  # fmt: skip

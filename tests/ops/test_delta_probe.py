@@ -137,19 +137,34 @@ def test_bfloat16_error_at_most_twice_pytorch(backend, mode):
     makes when it runs the same computation in bfloat16."""
     inputs = _inputs(257, 96, 4, mode=mode, bias=True, target=True, layout="contiguous",
                      dtype=torch.bfloat16)  # fmt: skip
+    _check_bfloat16(inputs, backend, mode, "cpu")
+
+
+def _on(inputs: dict, device: str) -> dict:
+    return {k: (None if v is None else v.to(device)) for k, v in inputs.items()}
+
+
+def _check_bfloat16(inputs: dict, backend: str, mode: str, device: str) -> None:
+    """``backend``'s error on ``device`` against the float64 truth is at most twice PyTorch's own
+    bfloat16 error there, for every output and gradient."""
     truth = _run(inputs, "reference", cast=torch.float64)
-    ours = _run(inputs, backend)
+    ours = {
+        k: (None if v is None else v.cpu()) for k, v in _run(_on(inputs, device), backend).items()
+    }
 
     # PyTorch's own bfloat16 computation of the same function.
     leaves = {
-        k: (None if v is None else v.detach().clone().requires_grad_()) for k, v in inputs.items()
+        k: (None if v is None else v.detach().clone().to(device).requires_grad_())
+        for k, v in inputs.items()
     }
     z = leaves["h_x"] if mode == "direct" else leaves["h_mod"] - leaves["h_x"]
     pred = F.linear(z, leaves["w"], leaves["bias"])
     loss = F.mse_loss(pred, leaves["target"])
     loss.backward()
-    torch_bf16 = {"pred": pred.detach(), "loss": loss.detach()}
-    torch_bf16.update({f"grad_{k}": (None if v is None else v.grad) for k, v in leaves.items()})
+    torch_bf16 = {"pred": pred.detach().cpu(), "loss": loss.detach().cpu()}
+    torch_bf16.update(
+        {f"grad_{k}": (None if v is None else v.grad.cpu()) for k, v in leaves.items()}
+    )
 
     for key, t in truth.items():
         if t is None:
@@ -312,19 +327,63 @@ def test_torch_compile(backend):
     assert_close(grad, eager_grad, atol=1e-6, rtol=1e-6, name="compiled grad")
 
 
+def _gpu_backend_or_skip(backend: str) -> None:
+    if backend not in available_backends("delta_probe"):
+        from introspect.ops import unavailable_reason
+
+        pytest.skip(f"{backend} not available: {unavailable_reason(backend)}")
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("shape", [(1, 7, 3), (97, 97, 4), (1025, 576, 32), (3, 4096, 64)])
 @pytest.mark.parametrize("mode", ["direct", "difference"])
 def test_gpu_backends_match_reference(backend, shape, mode):
-    if backend not in available_backends("delta_probe"):
-        pytest.skip(f"{backend} not available")
+    _gpu_backend_or_skip(backend)
     inputs = _inputs(*shape, mode=mode, bias=True, target=True, layout="row_strided")
-    truth = _run(inputs, "reference", cast=torch.float64)
-    on_gpu = {k: (None if v is None else v.cuda()) for k, v in inputs.items()}
-    got = _run(on_gpu, backend, grad_path="pred_and_loss")
+    got = _run(_on(inputs, "cuda"), backend, grad_path="pred_and_loss")
     truth = _run(inputs, "reference", grad_path="pred_and_loss", cast=torch.float64)
     _compare({k: (None if v is None else v.cpu()) for k, v in got.items()}, truth, TOL_F32, backend)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("shape", [(97, 97, 4), (1025, 576, 32), (3, 4096, 64)])
+@pytest.mark.parametrize("mode", ["direct", "difference"])
+def test_gpu_backends_bfloat16(backend, shape, mode):
+    _gpu_backend_or_skip(backend)
+    inputs = _inputs(*shape, mode=mode, bias=True, target=True, layout="row_strided",
+                     dtype=torch.bfloat16)  # fmt: skip
+    _check_bfloat16(inputs, backend, mode, "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_more_than_2_31_elements(backend):
+    """h_x of 2^31 + 4096 bfloat16 elements (4 GiB): every offset past 2^31 must be 64-bit.
+    Checked against float64 sums over row chunks, on the GPU."""
+    _gpu_backend_or_skip(backend)
+    N, D, P = (1 << 19) + 1, 4096, 2
+    g = torch.Generator(device="cuda").manual_seed(0)
+    hx = torch.randn(N, D, generator=g, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(P, D, generator=g, device="cuda") / D**0.5
+    t = torch.randn(N, P, generator=g, device="cuda")
+    assert hx.numel() > 2**31
+    w_ = w.clone().requires_grad_()
+    out = delta_probe(hx, w_, None, t, reduction="sum", backend=backend)
+    out.loss.backward()
+    pred = torch.empty(N, P, dtype=torch.float64, device="cuda")
+    grad = torch.zeros(P, D, dtype=torch.float64, device="cuda")
+    for lo in range(0, N, 1 << 16):
+        z = hx[lo : lo + (1 << 16)].double()
+        pred[lo : lo + len(z)] = z @ w.double().T
+        grad += 2 * (pred[lo : lo + len(z)] - t[lo : lo + len(z)].double()).T @ z
+    loss = ((pred - t.double()) ** 2).sum()
+    assert_close(out.pred, pred, atol=1e-4, rtol=1e-5, name="pred")
+    assert_close(out.pred[-1], pred[-1], atol=1e-4, rtol=1e-5, name="last row (past 2^31)")
+    assert_close(out.loss, loss, atol=0, rtol=1e-5, name="loss")
+    assert_close(w_.grad, grad, atol=1e-3 * float(grad.abs().max()), rtol=1e-4, name="w.grad")
 
 
 def test_cpp_threading_paths_give_identical_results():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from asserts import assert_close
+from asserts import assert_close, max_error
 from conftest import cpu_backends
 from hypothesis import given
 from hypothesis import strategies as st
@@ -377,3 +377,96 @@ def test_metadata_from_the_call_or_nowhere():
             input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.mask
         ).logits
     assert_close(by_kwarg, dense, **LOGIT_TOL, name="kwarg route vs dense mask")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reduced precision: under autocast the op does what SDPA does there
+# ---------------------------------------------------------------------------------------------
+
+
+def _autocast_qkv(meta, low, *, v_low, Hq=4, Hkv=2, D=16, seed=0):
+    """q, k as a Llama-style layer hands them over under autocast (float32: RoPE's float32
+    cos/sin promote them), v in the autocast dtype, or float32 when a float32 prefix cache was
+    concatenated in front of it."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, P = meta.rows, meta.width, meta.prefix_len
+    q = torch.randn(B, Hq, T, D, generator=g)
+    k = torch.randn(B, Hkv, P + T, D, generator=g)
+    v = torch.randn(B, Hkv, P + T, D, generator=g)
+    return q, k, v.to(low) if v_low else v
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("prefix", [(), (2, 6, 20, 21)], ids=["no-prefix", "prefix"])
+def test_autocast_runs_in_the_autocast_dtype_like_sdpa(backend, low, prefix):
+    batch = pack(_random_batch(seed=6, prefix=prefix), row_tokens=30, prefix=prefix)
+    meta = segment_meta(batch)
+    q, k, v = _autocast_qkv(meta, low, v_low=not prefix)
+    r = q.shape[1] // k.shape[1]
+    mask = meta.dense_mask()
+    with torch.autocast("cpu", dtype=low):
+        out = paired_attention(q, k, v, meta, backend=backend)
+        sdpa = F.scaled_dot_product_attention(
+            q, k.repeat_interleave(r, 1), v.repeat_interleave(r, 1), attn_mask=mask
+        )
+    assert out.dtype == sdpa.dtype == low
+    # Truth: float64 attention of the inputs as autocast rounds them.
+    q64, k64, v64 = (t.to(low).to(torch.float64) for t in (q, k, v))
+    truth = paired_attention(q64, k64, v64, meta, backend="reference")
+    bound = 2.0 * max_error(sdpa, truth) + 1e-6
+    assert_close(out, truth, atol=bound, rtol=0, name=f"{backend} under autocast({low})")
+
+
+def test_autocast_leaves_float64_alone_and_mixed_dtypes_fail_outside_it():
+    meta = segment_meta([[ROOT, 0, 1, PAD]])
+    q, k, v = (torch.randn(1, 2, 4, 8, dtype=torch.float64) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert paired_attention(q, k, v, meta, backend="reference").dtype == torch.float64
+    with pytest.raises(TypeError, match="must share a dtype"):
+        paired_attention(q.float(), k.float(), v.bfloat16(), meta)
+
+
+PREFIXES = pytest.mark.parametrize(
+    "prefix", [(), (2, 6, 20, 21, 22, 23)], ids=["no-prefix", "prefix"]
+)
+
+
+def _engine_under_autocast(backend: str, prefix, device: str = "cpu") -> None:
+    """The path of `extract --dtype autocast-bf16` with paired attention: the packed forward
+    under autocast, with and without a float32 prefix cache, is as close to the float32 forward
+    as the same forward with the dense mask and the model's SDPA."""
+    from introspect.engine.forward import PrefixCache, forward_packed
+
+    model = tiny_llama(hidden=64).to(device)
+    batch = pack(_random_batch(seed=3, prefix=prefix), row_tokens=30, prefix=prefix)
+    cache = PrefixCache(model, prefix) if prefix else None
+
+    def run(autocast, attention):
+        res = forward_packed(
+            model, batch, (0, 1), prefix=cache, autocast=autocast, attention=attention,
+            attention_backend=backend,
+        )  # fmt: skip
+        logps = torch.cat([t.flatten() for per in res.logps for t in per])
+        return logps, torch.cat([res.hidden[layer].flatten() for layer in (0, 1)])
+
+    exact = run(None, "mask")
+    dense = run(torch.bfloat16, "mask")
+    paired = run(torch.bfloat16, "paired")
+    for name, got, ref, base in zip(("logps", "hidden"), paired, exact, dense, strict=True):
+        bound = 2.0 * max_error(base, ref) + 1e-5
+        assert_close(got, ref, atol=bound, rtol=0, name=f"{name}, paired {backend} vs float32")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@PREFIXES
+def test_engine_forward_under_autocast(backend, prefix):
+    _engine_under_autocast(backend, prefix)
+
+
+@pytest.mark.cuda
+@PREFIXES
+def test_engine_forward_under_autocast_on_gpu(prefix):
+    """On CUDA ``auto`` runs the Triton kernel: the path `extract --device cuda --dtype
+    autocast-bf16` takes."""
+    _engine_under_autocast("auto", prefix, "cuda")
