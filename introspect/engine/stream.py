@@ -210,7 +210,7 @@ class _Batcher:
             need_logits=self.need_logits,
             span=self.want_span,
             autocast=self.autocast,
-            attention=resolve_attention(self.model, config.attention, layout),
+            attention=resolve_attention(self.model, config.attention, layout, self.autocast),
         )
         ids, f_x, f_mod, rows_x, rows_mod = self._values(buf, res)
         skips = packed.skips or [0] * len(items)

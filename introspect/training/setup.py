@@ -208,6 +208,12 @@ def fit_ridge_m0(
     explainer evaluation compares the trained probes with)."""
     from introspect.explain import ArraySource, ProbeConfig, ProbeExplainer
 
+    bad = [i for i, row in zip(ids, np.isfinite(h0).all(axis=1), strict=True) if not row]
+    if bad:
+        raise TrainError(
+            f"the starting model's hidden states at layer {layer} are not finite (NaN or inf) "
+            f"on {len(bad)} training pair(s): {bad[:5]}"
+        )
     folds = min(5, len(ids))
     ridge = ProbeExplainer(
         ProbeConfig(
