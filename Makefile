@@ -86,6 +86,17 @@ test-compat:
 			|| { echo "test-compat: failed with transformers $$v"; exit 1; }; \
 	done
 
+# The check for a machine with one CUDA GPU and no network (torch, triton, transformers, pybind11
+# and scikit-build-core already installed in $(GPU_PYTHON)'s environment): builds and installs
+# the package (pip --no-build-isolation --no-deps), runs the `cuda` and `triton` tests and a
+# short engine benchmark against the naive baseline, and writes gpu_check.json to $OUT (else
+# build/gpu-check/). Without a GPU it says so and exits 2; GPU_CHECK_ARGS=--cpu runs the steps
+# that can run on a CPU (no build: the tests then use the introspect the interpreter finds).
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 # A suite sized to finish within about 20 minutes on a 2-core CPU; each script writes its own
 # results name under build/bench/ (the full-size runs the docs cite are separate; see
 # docs/benchmarks.md). Nothing tracked changes: `make publish-results` copies what the docs cite.
