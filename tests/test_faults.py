@@ -162,19 +162,9 @@ def _log(out) -> list[dict]:
     return [{k: v for k, v in rec.items() if k != "seconds"} for rec in doc["log"]]
 
 
-def test_training_killed_at_a_random_step_resumes_to_the_same_run(ws, labels_run, tmp_path):
-    straight = tmp_path / "straight"
-    assert main(_train_argv(ws, labels_run, straight)) == 0
-    # Killed after a random step past the first checkpoint (possibly while a checkpoint is
-    # being written); the resumed run must end where the straight one did.
-    step = random.randint(EVERY + 1, STEPS - 1)
-    killed = tmp_path / "killed"
-    proc = _cli(
-        _train_argv(ws, labels_run, killed),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _kill_after_step(argv, step: int) -> None:
+    """Runs ``introspect train`` and kills it with SIGKILL once step ``step`` is logged."""
+    proc = _cli(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in proc.stderr:
         seen.append(line)
@@ -183,16 +173,47 @@ def test_training_killed_at_a_random_step_resumes_to_the_same_run(ws, labels_run
             break
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL, (step, "".join(seen)[-2000:])
-    assert main(_train_argv(ws, labels_run, killed, "--resume")) == 0, step
 
-    assert _log(killed) == _log(straight), step
+
+def _same_training(a, b, step: int) -> None:
+    """The same log (times aside) and, bitwise, the same last checkpoint."""
+    assert _log(a) == _log(b), step
     last = f"ckpt-{STEPS:06d}"
     for name in ("model/model.safetensors", "state.safetensors", "optimizer.safetensors"):
-        a, b = load_file(str(straight / last / name)), load_file(str(killed / last / name))
-        assert a.keys() == b.keys(), name
-        for key in a:
+        ta, tb = load_file(str(a / last / name)), load_file(str(b / last / name))
+        assert ta.keys() == tb.keys(), name
+        for key in ta:
             if key != "rng.torch":
-                assert torch.equal(a[key], b[key]), (step, name, key)
+                assert torch.equal(ta[key], tb[key]), (step, name, key)
+
+
+@pytest.fixture(scope="module")
+def straight(ws, labels_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "train"
+    assert main(_train_argv(ws, labels_run, out)) == 0
+    return out
+
+
+def test_training_killed_at_a_random_step_resumes_to_the_same_run(ws, labels_run, straight,
+                                                                  tmp_path):  # fmt: skip
+    # Killed after a random step past the first checkpoint (possibly while a checkpoint is
+    # being written); the resumed run must end where the straight one did.
+    step = random.randint(EVERY + 1, STEPS - 1)
+    killed = tmp_path / "killed"
+    _kill_after_step(_train_argv(ws, labels_run, killed), step)
+    assert main(_train_argv(ws, labels_run, killed, "--resume")) == 0, step
+    _same_training(straight, killed, step)
+
+
+def test_training_killed_before_its_first_checkpoint_starts_over(ws, labels_run, straight,
+                                                                 tmp_path, capsys):  # fmt: skip
+    killed = tmp_path / "killed"
+    _kill_after_step(_train_argv(ws, labels_run, killed), 1)
+    assert main(_train_argv(ws, labels_run, killed, "--resume")) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "no checkpoint to resume from" in err and "without --resume" in err
+    assert main(_train_argv(ws, labels_run, killed)) == 0  # over the partial files it left
+    _same_training(straight, killed, 1)
 
 
 # ------------------------------------------------------------------ NaN and inf

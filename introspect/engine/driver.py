@@ -16,6 +16,7 @@ job; return :func:`~introspect.run.open_run` of the result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -342,12 +343,14 @@ class Extraction:
             prefix=prefix,
             autocast=precision.apply(self.lm.model, self.dtype),
         )
-        for res in batches:
-            refuse_non_finite(res, self.config.behaviour)
-            writer.add(res.ids, res.f_x, res.f_mod, res.hidden)
-            stats.tokens += res.tokens_unique
-            stats.naive_tokens += res.tokens_naive
-            stats.pairs += len(res.ids)
+        # Closed on any exit, so the model leaves the stream's attention setting at once.
+        with contextlib.closing(batches):
+            for res in batches:
+                refuse_non_finite(res, self.config.behaviour)
+                writer.add(res.ids, res.f_x, res.f_mod, res.hidden)
+                stats.tokens += res.tokens_unique
+                stats.naive_tokens += res.tokens_naive
+                stats.pairs += len(res.ids)
         if progress:
             progress.close()
 

@@ -50,7 +50,11 @@ def check_out(
             raise TrainError(f"{out}: already holds a training run; pass --resume to continue it")
         return existing, None
     if not existing:
-        raise TrainError(f"{out}: no checkpoint to resume from")
+        stopped = " (the run stopped before its first checkpoint)" if out.is_dir() else ""
+        raise TrainError(
+            f"{out}: no checkpoint to resume from{stopped}; run the same command without "
+            "--resume to start it over"
+        )
     saved = ck.read_json(out / ck.TRAIN_JSON)
     if saved.get("identity") != cfg.identity():
         diff = sorted(

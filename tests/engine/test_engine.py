@@ -400,10 +400,21 @@ def test_paired_path_builds_no_dense_mask(monkeypatch):
         built.append(batch)
         return real(batch, **kw)
 
+    switched = []
+    real_set = type(model).set_attn_implementation
+
+    def set_impl(self, name):
+        switched.append(name)
+        return real_set(self, name)
+
     monkeypatch.setattr(packing, "_tree_mask", refuse)
     monkeypatch.setattr(paired_attention, "segment_meta", counted)
+    monkeypatch.setattr(type(model), "set_attn_implementation", set_impl)
+    before = model.config._attn_implementation
     got = _run(model, tok, pairs, attention="paired", positions=("last", "span"))
-    assert built and len({id(b) for b in built}) == len(built)  # once per batch
+    assert len(built) > 1 and len({id(b) for b in built}) == len(built)  # once per batch
+    # The attention implementation is switched once for the stream, and back.
+    assert switched == ["introspect_paired", before] and model.config._attn_implementation == before
     for key in ref:
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-5, err_msg=str(key))
     # The mask path still gets its mask, built on first use.
