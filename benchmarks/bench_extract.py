@@ -40,6 +40,7 @@ from introspect.models import load_model
 def naive(model, tokenizer, pairs, layers, batch_pairs: int):
     """Two padded forwards per batch (x side, x' side), full logits and all hidden states."""
     f_x, f_mod, hidden, tokens = [], [], [], 0
+    device = next(model.parameters()).device
     for start in range(0, len(pairs), batch_pairs):
         chunk = pairs[start : start + batch_pairs]
         per_side = []
@@ -65,15 +66,21 @@ def naive(model, tokenizer, pairs, layers, batch_pairs: int):
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
             tokens += ids.numel()
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            out = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True
+            )
             logp = torch.log_softmax(out.logits.float(), -1).double()
+            # Every read in one gather (one copy from the device), summed in the same order.
+            flat = [read for item in reads for rd in item for read in rd]
+            rows, cols, toks = (torch.tensor(ix) for ix in zip(*flat, strict=True))
+            picked = iter(logp[rows, cols, toks].tolist())
             vals = []
             for p, item in zip(chunk, reads, strict=True):
-                lp = torch.tensor([sum(float(logp[r, c, t]) for r, c, t in rd) for rd in item])
+                lp = torch.tensor([sum(next(picked) for _ in rd) for rd in item])
                 vals.append(behaviour_value(lp, p.choices.index(p.target)))
             at_r = torch.tensor([r for r, _ in ends])
             at_c = torch.tensor([c for _, c in ends])
-            hs = {layer: out.hidden_states[layer + 1][at_r, at_c] for layer in layers}
+            hs = {layer: out.hidden_states[layer + 1][at_r, at_c].cpu() for layer in layers}
             per_side.append((vals, hs))
         f_x += per_side[0][0]
         f_mod += per_side[1][0]

@@ -16,6 +16,7 @@ job; return :func:`~introspect.run.open_run` of the result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -37,9 +38,9 @@ from introspect.engine.stream import (
     extract_pairs,
     shared_prefix,
 )
-from introspect.errors import UsageError
+from introspect.errors import IntrospectError, UsageError
 
-__all__ = ["ExtractStats", "Extraction", "extract"]
+__all__ = ["ExtractStats", "Extraction", "NonFiniteError", "extract"]
 
 PairSource = str | os.PathLike | Iterable[Pair | Mapping[str, Any]]
 
@@ -58,6 +59,36 @@ class ExtractStats:
     @property
     def token_share(self) -> float:
         return self.tokens / max(1, self.naive_tokens)
+
+
+class NonFiniteError(IntrospectError, ValueError):
+    """A pair whose f(x), f(x') or hidden state came out NaN or infinite (the message names it)."""
+
+
+SIDE_NAMES = {"x": "x", "mod": "x'"}
+
+
+def refuse_non_finite(res, behaviour: str) -> None:
+    """Raises :class:`NonFiniteError` naming the first pair of the batch result ``res`` whose
+    f(x), f(x') (unless ``behaviour`` is ``"none"``, where they are NaN by design) or captured
+    hidden state is not finite: such a value is never written to a run."""
+    import numpy as np
+
+    checks = [] if behaviour == "none" else [("f(x)", res.f_x), ("f(x')", res.f_mod)]
+    checks += [
+        (f"its hidden state at layer {layer} ({pos}, {SIDE_NAMES[side]})", h)
+        for (layer, pos, side), h in res.hidden.items()
+    ]
+    for what, values in checks:
+        finite = np.isfinite(values)
+        bad = np.flatnonzero(~(finite if finite.ndim == 1 else finite.all(axis=1)))
+        if bad.size:
+            others = f" (and {bad.size - 1} more of its batch)" if bad.size > 1 else ""
+            raise NonFiniteError(
+                f"pair {res.ids[bad[0]]!r}{others}: {what} is not finite (NaN or inf), so it "
+                "is not written: the model overflowed on it (with a reduced --dtype, try "
+                "float32) or its weights hold NaN/inf"
+            )
 
 
 class _Pairs:
@@ -110,17 +141,37 @@ class _Pairs:
         return digest.hexdigest()
 
 
-def _distributed() -> tuple[int, int, Any]:
-    """This process's rank and the world size under ``torchrun`` (1 process otherwise)."""
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dist = None
-    if world > 1:
-        import torch.distributed as dist
+def _launched() -> bool:
+    """Whether this process was started by ``torchrun`` (which sets these, even for 1 process)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-    return rank, world, dist
+
+def process_group_backend(device: Any) -> str:
+    """``nccl`` for a model on a CUDA device (where torch has NCCL), else ``gloo``."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.device(device).type == "cuda" and dist.is_nccl_available():
+        return "nccl"
+    return "gloo"
+
+
+def _process_group(device: Any, world: int, say: Callable[[str], None]) -> Any:
+    """Under ``torchrun``: the process group (NCCL with this process's GPU made the current
+    device, gloo on the CPU), or None in a plain process."""
+    if not (_launched() or world > 1):
+        return None
+    import torch
+    import torch.distributed as dist
+
+    backend = process_group_backend(device)
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    if dist.get_rank() == 0:
+        say(f"torchrun: {world} process(es), {dist.get_backend()} on {torch.device(device).type}")
+    return dist
 
 
 class Extraction:
@@ -162,18 +213,20 @@ class Extraction:
             )
         if layout not in ("auto", "tree", "paths"):
             raise UsageError(f"layout must be auto, tree or paths, not {layout!r}")
-        self.rank, self.world, self.dist = _distributed()
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.out, self.say, self.progress = Path(out), say, progress
         self.dtype, self.calibrate, self.resume = dtype, int(calibrate), resume
         self.shard_rows, self.auto_layout = int(shard_rows), layout == "auto"
         self.pairs = _Pairs(pairs, on_error)
         if isinstance(model, (str, os.PathLike)):
             dev = resolve_device(device or "auto")
-            if dev == "cuda" and self.world > 1:  # one GPU per process under torchrun
-                dev = f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank))}"
+            if dev == "cuda" and _launched():  # one GPU per process under torchrun
+                dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             self.lm = load_model(model, tokenizer=tokenizer, dtype="float32", device=dev)
         else:
             self.lm = load_model(model, tokenizer=tokenizer)
+        self.dist = _process_group(next(self.lm.model.parameters()).device, self.world, say)
         self.model_id = model_id or self.lm.model_id
         self.tokenizer, self.chat_template = with_chat_template(self.lm.tokenizer, chat_template)
         self.layers = parse_layers(layers, self.lm.n_layers, model=self.model_id)
@@ -290,11 +343,14 @@ class Extraction:
             prefix=prefix,
             autocast=precision.apply(self.lm.model, self.dtype),
         )
-        for res in batches:
-            writer.add(res.ids, res.f_x, res.f_mod, res.hidden)
-            stats.tokens += res.tokens_unique
-            stats.naive_tokens += res.tokens_naive
-            stats.pairs += len(res.ids)
+        # Closed on any exit, so the model leaves the stream's attention setting at once.
+        with contextlib.closing(batches):
+            for res in batches:
+                refuse_non_finite(res, self.config.behaviour)
+                writer.add(res.ids, res.f_x, res.f_mod, res.hidden)
+                stats.tokens += res.tokens_unique
+                stats.naive_tokens += res.tokens_naive
+                stats.pairs += len(res.ids)
         if progress:
             progress.close()
 
@@ -318,7 +374,7 @@ class Extraction:
         from introspect.run import merge_ranks
 
         self.dist.barrier()
-        if self.rank == 0:
+        if self.rank == 0 and self.world > 1:
             merge_ranks(self.out)
         self.dist.barrier()
         self.dist.destroy_process_group()

@@ -23,23 +23,28 @@ from dataclasses import dataclass, field
 
 import torch
 
+from introspect.engine.cache import cache_kwargs, output_cache
 from introspect.engine.packing import PackedBatch
 
 HEADS = ("reads", "rows", "full")
 ATTENTIONS = ("auto", "mask", "paired")
 
 
-def resolve_attention(model, attention: str, layout: str) -> str:
+def resolve_attention(
+    model, attention: str, layout: str, autocast: torch.dtype | None = None
+) -> str:
     """``mask`` (the model's own attention with the packed mask) or ``paired`` (the segment
     kernel registered with transformers, :mod:`introspect.engine.attention`). ``auto`` takes
     ``paired`` on CUDA for a model it supports, in the tree layout, and ``mask`` elsewhere (on
-    CPU, SDPA with the boolean mask is the fast path)."""
+    CPU, SDPA with the boolean mask is the fast path). Under ``autocast`` the segment kernel is
+    not used: there RoPE leaves queries and keys in float32 and values in the autocast dtype,
+    which the op refuses (SDPA casts them to one dtype itself)."""
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
     if layout != "tree":
         return "mask"
     if attention == "auto":
-        if next(model.parameters()).device.type != "cuda":
+        if next(model.parameters()).device.type != "cuda" or autocast is not None:
             return "mask"
         from introspect.engine.attention import supports_paired_attention
 
@@ -48,13 +53,15 @@ def resolve_attention(model, attention: str, layout: str) -> str:
         from introspect.engine.attention import paired_attention_unsupported
 
         why = paired_attention_unsupported(model)
+        if why is None and autocast is not None:
+            why = "it does not run under autocast (use --attention mask, or --dtype bfloat16)"
         if why is not None:
             raise ValueError(f"attention='paired' cannot run this model: {why}")
     return attention
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
-    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    base = _base(model)
     for name in ("layers", "h", "blocks"):
         layers = getattr(base, name, None)
         if isinstance(layers, torch.nn.ModuleList):
@@ -63,13 +70,15 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def _base(model):
-    if hasattr(model, "get_decoder"):
-        dec = model.get_decoder()
-        if dec is not None:
-            return dec
+    """The decoder stack under the LM head (``get_decoder()``, which some transformers releases
+    answer with the LM model itself or None, then ``.model`` or ``.transformer``)."""
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if dec is not None and dec is not model:
+        return dec
     for name in ("model", "transformer"):
-        if hasattr(model, name):
-            return getattr(model, name)
+        inner = getattr(model, name, None)
+        if isinstance(inner, torch.nn.Module):
+            return inner
     raise ValueError(f"cannot find the base model of {type(model).__name__}")
 
 
@@ -102,9 +111,10 @@ class PrefixCache:
         self.tokens = list(tokens)
         device = next(model.parameters()).device
         ids = torch.tensor([self.tokens], device=device)
+        base = _base(model)
         with torch.inference_mode():
-            out = _base(model)(input_ids=ids, use_cache=True, past_key_values=DynamicCache())
-        cache = out.past_key_values
+            out = base(input_ids=ids, use_cache=True, **cache_kwargs(base, DynamicCache()))
+        cache = output_cache(out)
         if hasattr(cache, "layers"):
             self.kv = [(layer.keys, layer.values) for layer in cache.layers]
         else:  # transformers before the per-layer cache objects
@@ -134,8 +144,10 @@ class ForwardResult:
     span: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
-def _span_index(batch: PackedBatch):
-    """Flat (row, col) lists and segment ids for the span means of every (item, x'_j) pair."""
+def _span_index(batch: PackedBatch, device):
+    """The span means of every (item, x'_j) pair as gathers: the number of spans and, for the x
+    and the x' side, (rows, cols, segment ids) on ``device`` (built once per batch, used by
+    every captured layer)."""
     rows, cols, seg_x, rows_m, cols_m, seg_m = [], [], [], [], [], []
     s = 0
     for k, item in enumerate(batch.items):
@@ -148,18 +160,20 @@ def _span_index(batch: PackedBatch):
                 r, c = batch.position(k, node)
                 rows_m.append(r), cols_m.append(c), seg_m.append(s)
             s += 1
-    return s, (rows, cols, seg_x), (rows_m, cols_m, seg_m)
+
+    def on_device(*lists):
+        return tuple(torch.tensor(v, dtype=torch.long).to(device) for v in lists)
+
+    return s, on_device(rows, cols, seg_x), on_device(rows_m, cols_m, seg_m)
 
 
 def _segment_mean(h: torch.Tensor, index, n: int) -> torch.Tensor:
     rows, cols, seg = index
-    dev = h.device
-    vals = h[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)].float()
-    seg_t = torch.tensor(seg, device=dev)
-    out = torch.zeros(n, h.shape[-1], dtype=torch.float32, device=dev)
-    out.index_add_(0, seg_t, vals)
-    counts = torch.bincount(seg_t, minlength=n).clamp_min(1).unsqueeze(1)
-    return (out / counts).cpu()
+    vals = h[rows, cols].float()
+    out = torch.zeros(n, h.shape[-1], dtype=torch.float32, device=h.device)
+    out.index_add_(0, seg, vals)
+    counts = torch.bincount(seg, minlength=n).clamp_min(1).unsqueeze(1)
+    return out / counts
 
 
 @torch.inference_mode()
@@ -186,15 +200,14 @@ def forward_packed(
     device = next(model.parameters()).device
     captured: dict[int, torch.Tensor] = {}
     handles = _capture(model, layers, captured, stop=not need_logits)
-    kwargs = {}
-    if batch.prefix_len:
-        kwargs["past_key_values"] = prefix.expand(batch.input_ids.shape[0])
+    base = _base(model)
+    kwargs = cache_kwargs(base, prefix.expand(batch.input_ids.shape[0])) if batch.prefix_len else {}
     final = None
     try:
         if need_logits or layers:
             ctx = _forward_context(model, batch, device, autocast, attention, attention_backend)
             with ctx as mask_kwargs:
-                out = _base(model)(
+                out = base(
                     input_ids=batch.input_ids.to(device),
                     position_ids=batch.position_ids.to(device),
                     use_cache=False,
@@ -249,9 +262,8 @@ def _forward_context(model, batch: PackedBatch, device, autocast, attention, bac
             if batch.layout != "tree":
                 raise ValueError("paired attention needs the tree layout")
             from introspect.engine.attention import paired_attention_context
-            from introspect.ops.paired_attention import segment_meta
 
-            meta = segment_meta(batch, device=device)
+            meta = batch.segment_meta(device)  # no dense mask on this path
             ctx.enter_context(paired_attention_context(model, meta, backend=backend))
             yield {}
         else:
@@ -270,15 +282,15 @@ def _gather_hidden(batch: PackedBatch, captured: dict, layers, span: bool, devic
             r, c = batch.position(k, end)
             idx_r.append(r)
             idx_c.append(c)
-    idx_r = torch.tensor(idx_r, device=device)
-    idx_c = torch.tensor(idx_c, device=device)
-    span_index = _span_index(batch) if span else None
+    idx_r = torch.tensor(idx_r, dtype=torch.long).to(device)
+    idx_c = torch.tensor(idx_c, dtype=torch.long).to(device)
+    span_index = _span_index(batch, device) if span else None
     for layer in layers:
         h = captured[layer]
         hidden[layer] = h[idx_r, idx_c].float().cpu()
         if span_index is not None:
             n, ix, im = span_index
-            span_out[layer] = (_segment_mean(h, ix, n), _segment_mean(h, im, n))
+            span_out[layer] = (_segment_mean(h, ix, n).cpu(), _segment_mean(h, im, n).cpu())
     return hidden, span_out
 
 

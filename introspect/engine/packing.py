@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -124,20 +125,45 @@ class PackedBatch:
     """Rows for one forward and where every needed trie node landed.
 
     ``tree`` layout: ``mask`` is [B, 1, T, P + T] bool (True = may attend), the first P columns
-    being the shared prefix held in the KV cache (P = 0 without one). ``paths`` layout: every
+    being the shared prefix held in the KV cache (P = 0 without one); it is built on first use
+    only, since the paired attention reads the trie through its segment metadata instead
+    (:meth:`segment_meta`, also built once per batch and device). ``paths`` layout: every
     root-to-leaf path of every trie is a plain sequence of its own, and ``mask`` is the usual
     [B, P + T] padding mask, for attention implementations that accept no 4D mask.
     """
 
     input_ids: torch.Tensor  # [B, T]
     position_ids: torch.Tensor  # [B, T]
-    mask: torch.Tensor
     items: list[PackedItem]
     where: list[tuple[int, int]]  # tree layout: (row, offset) of each item's node `skip`
     layout: str = "tree"
     prefix_len: int = 0
     skips: list[int] = field(default_factory=list)  # nodes of each item held in the prefix
     locs: list[dict[int, tuple[int, int]]] | None = None  # paths layout: node -> (row, col)
+    lengths: list[int] = field(default_factory=list)  # tree layout: used positions per row
+    _mask: torch.Tensor | None = field(default=None, repr=False)
+    _meta: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        if self._mask is None:
+            self._mask = _tree_mask(self)
+        return self._mask
+
+    def segment_meta(self, device=None):
+        """The batch's :class:`~introspect.ops.SegmentMeta` on ``device``, built once: a later
+        call (another forward of the same batch) reuses it, and a copy to another device is
+        made from it once."""
+        from introspect.ops.paired_attention import segment_meta
+
+        key = str(torch.device(device) if device is not None else torch.device("cpu"))
+        meta = self._meta.get(key)
+        if meta is None:
+            cpu = self._meta.get("cpu")
+            if cpu is None:
+                cpu = self._meta["cpu"] = segment_meta(self)
+            meta = self._meta[key] = cpu.to(key)
+        return meta
 
     def position(self, k: int, node: int) -> tuple[int, int]:
         if self.locs is not None:
@@ -167,15 +193,36 @@ def prefix_skip(item: PackedItem, prefix: Sequence[int]) -> int:
     return n
 
 
-def _tree_block(t: Trie, lo: int) -> torch.Tensor:
-    n = len(t) - lo
-    block = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        p = t.parent[lo + i] - lo
-        if p >= 0:
-            block[i] = block[p]
-        block[i, i] = True
+def _tree_block(t: Trie, lo: int) -> np.ndarray:
+    """[n, n] ancestor-or-self matrix of nodes ``lo..`` (pre-order: a parent precedes its
+    children), walked up one level per step for all nodes at once."""
+    parent = np.asarray(t.parent[lo:], dtype=np.int64) - lo  # < 0: above the block
+    n = parent.shape[0]
+    block = np.eye(n, dtype=bool)
+    rows, up = np.arange(n), parent.copy()
+    while (live := up >= 0).any():
+        rows, up = rows[live], up[live]
+        block[rows, up] = True
+        up = parent[up]
     return block
+
+
+def _tree_mask(batch: PackedBatch) -> torch.Tensor:
+    """The dense [B, 1, T, P + T] mask of a tree-layout batch (see :class:`PackedBatch`)."""
+    B, width = batch.input_ids.shape
+    P = batch.prefix_len
+    mask = np.zeros((B, 1, width, P + width), dtype=bool)
+    skips = batch.skips or [0] * len(batch.items)
+    for item, (r, off), s in zip(batch.items, batch.where, skips, strict=True):
+        n = len(item.trie) - s
+        mask[r, 0, off : off + n, P + off : P + off + n] = _tree_block(item.trie, s)
+        if s:
+            mask[r, 0, off : off + n, :P] = True
+    # Padding positions attend to themselves only, so no attention row is empty.
+    for r, used in enumerate(batch.lengths):
+        pad = np.arange(used, width)
+        mask[r, 0, pad, P + pad] = True
+    return torch.from_numpy(mask)
 
 
 def _fit_rows(sizes: Sequence[int], row_tokens: int, share_rows: bool) -> tuple[list, list]:
@@ -223,21 +270,13 @@ def pack(
     B = len(lengths)
     ids = torch.zeros(B, width, dtype=torch.long)
     pos = torch.zeros(B, width, dtype=torch.long)
-    mask = torch.zeros(B, 1, width, P + width, dtype=torch.bool)
     for k, item in enumerate(items):
         r, off = where[k]
         t, s = item.trie, skips[k]
         n = len(t) - s
         ids[r, off : off + n] = torch.tensor(t.tokens[s:])
         pos[r, off : off + n] = torch.tensor(t.depth[s:])
-        mask[r, 0, off : off + n, P + off : P + off + n] = _tree_block(t, s)
-        if s:
-            mask[r, 0, off : off + n, :P] = True
-    # Padding positions attend to themselves only, so no attention row is empty.
-    for r in range(B):
-        for i in range(lengths[r], width):
-            mask[r, 0, i, P + i] = True
-    return PackedBatch(ids, pos, mask, list(items), where, "tree", P, skips)
+    return PackedBatch(ids, pos, list(items), where, "tree", P, skips, lengths=lengths)
 
 
 def _pack_paths(items: Sequence[PackedItem], *, prefix_len: int, skips: list[int]) -> PackedBatch:
@@ -280,4 +319,4 @@ def _pack_paths(items: Sequence[PackedItem], *, prefix_len: int, skips: list[int
         mask[r, P : P + n] = 1
         if skips[owner[r]]:
             mask[r, :P] = 1
-    return PackedBatch(ids, pos, mask, list(items), [], "paths", P, skips, locs)
+    return PackedBatch(ids, pos, list(items), [], "paths", P, skips, locs, _mask=mask)

@@ -8,6 +8,7 @@ sequence on its own), several pairs per row (``share_rows``), the shared-prefix 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -210,7 +211,7 @@ class _Batcher:
             need_logits=self.need_logits,
             span=self.want_span,
             autocast=self.autocast,
-            attention=resolve_attention(self.model, config.attention, layout),
+            attention=resolve_attention(self.model, config.attention, layout, self.autocast),
         )
         ids, f_x, f_mod, rows_x, rows_mod = self._values(buf, res)
         skips = packed.skips or [0] * len(items)
@@ -301,7 +302,9 @@ def extract_pairs(
     then forms exactly the same batches as an uninterrupted one, so its values are bitwise
     identical.
 
-    ``progress(pairs, tokens)`` is called after each batch.
+    ``progress(pairs, tokens)`` is called after each batch. When every batch runs the paired
+    attention, the model's attention implementation is switched for the whole stream: consume
+    the iterator to the end or ``close()`` it before running the model otherwise.
     """
     pairs = iter(pairs)
     cache = None
@@ -322,7 +325,29 @@ def extract_pairs(
         cache=cache,
         autocast=autocast,
     )
-    yield from batcher.run(pairs)
+    with _attention_for_stream(model, config, autocast, batcher.sliding):
+        yield from batcher.run(pairs)
+
+
+@contextlib.contextmanager
+def _attention_for_stream(model, config: ExtractConfig, autocast, sliding: bool):
+    """When every batch of the stream runs the paired attention (the tree layout, no sliding
+    window to fall back from), the model's attention implementation is switched once for the
+    stream instead of once per batch (each batch then only sets its segment metadata)."""
+    if sliding or resolve_attention(model, config.attention, config.layout, autocast) != "paired":
+        yield
+        return
+    from introspect.engine.attention import ATTN_NAME, register_paired_attention
+
+    register_paired_attention()
+    previous = model.config._attn_implementation
+    if previous != ATTN_NAME:
+        model.set_attn_implementation(ATTN_NAME)
+    try:
+        yield
+    finally:
+        if previous != ATTN_NAME:
+            model.set_attn_implementation(previous)
 
 
 def check_tree_layout(model, tokenizer, pair: Pair, *, atol: float = 1e-4) -> str | None:

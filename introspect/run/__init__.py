@@ -48,7 +48,7 @@ encoding), :mod:`~introspect.run.writer` (:class:`RunWriter`), :mod:`~introspect
 (:func:`merge_ranks`) and :mod:`~introspect.run.reader` (:class:`Run`, :func:`open_run`).
 """
 
-from introspect.run.format import FORMAT_VERSION, SIDES, RunError, hidden_name
+from introspect.run.format import FORMAT_VERSION, SIDES, RunError, RunWriteError, hidden_name
 from introspect.run.merge import merge_ranks
 from introspect.run.reader import Run, open_run
 from introspect.run.writer import RunWriter
@@ -58,6 +58,7 @@ __all__ = [
     "SIDES",
     "Run",
     "RunError",
+    "RunWriteError",
     "RunWriter",
     "hidden_name",
     "merge_ranks",

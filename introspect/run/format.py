@@ -3,21 +3,23 @@ of shards (the layout is described in :mod:`introspect.run`)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import hashlib
 import itertools
 import json
 import os
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from introspect._io import open_atomic, write_atomic, write_json_atomic
-from introspect.errors import IntrospectError
+from introspect.errors import EXIT_WRITE, IntrospectError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -49,6 +51,37 @@ _IDENTITY_FIELDS = (
 
 class RunError(IntrospectError, RuntimeError):
     """A run directory that is missing, corrupt or incompatible (messages name the file)."""
+
+
+class RunWriteError(IntrospectError, OSError):
+    """A file of the run could not be written (a full disk, a file-size limit, permissions); the
+    run so far is kept and continues with ``resume=True`` (``--resume``) once that is fixed."""
+
+    exit_code = EXIT_WRITE
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turns an ``OSError`` while writing ``path`` into one :class:`RunWriteError` naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, RunWriteError):
+            raise
+        why = exc.strerror or str(exc)
+        if exc.errno in _FULL:
+            why += " (the disk is full or a file-size limit was reached)"
+        raise RunWriteError(
+            exc.errno,
+            f"cannot write {path}: {why}; the rows written so far are kept: make room and run "
+            "again with --resume (resume=True)",
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------- names
@@ -120,13 +153,15 @@ def _version() -> str:
 
 def _write_bytes(path: Path, data: bytes) -> dict:
     """Writes ``data`` crash-safely (directory fsynced too); ``{"sha256", "bytes"}`` of it."""
-    write_atomic(path, data, sync_dir=True)
+    with _writing(path):
+        write_atomic(path, data, sync_dir=True)
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def _write_json(path: Path, obj: Any) -> None:
     """Writes a manifest crash-safely, in the layout every run file uses (indent 1)."""
-    write_json_atomic(path, obj, indent=1, sync_dir=True)
+    with _writing(path):
+        write_json_atomic(path, obj, indent=1, sync_dir=True)
 
 
 def _read_json(path: Path) -> Any:
@@ -179,7 +214,7 @@ def _write_safetensors(
         ),
     )
     digest, size = hashlib.sha256(), 0
-    with open_atomic(path, sync_dir=True) as f:
+    with _writing(path), open_atomic(path, sync_dir=True) as f:
         for piece in pieces:
             view = memoryview(piece).cast("B")
             f.write(view)

@@ -50,7 +50,11 @@ def check_out(
             raise TrainError(f"{out}: already holds a training run; pass --resume to continue it")
         return existing, None
     if not existing:
-        raise TrainError(f"{out}: no checkpoint to resume from")
+        stopped = " (the run stopped before its first checkpoint)" if out.is_dir() else ""
+        raise TrainError(
+            f"{out}: no checkpoint to resume from{stopped}; run the same command without "
+            "--resume to start it over"
+        )
     saved = ck.read_json(out / ck.TRAIN_JSON)
     if saved.get("identity") != cfg.identity():
         diff = sorted(
@@ -208,6 +212,12 @@ def fit_ridge_m0(
     explainer evaluation compares the trained probes with)."""
     from introspect.explain import ArraySource, ProbeConfig, ProbeExplainer
 
+    bad = [i for i, row in zip(ids, np.isfinite(h0).all(axis=1), strict=True) if not row]
+    if bad:
+        raise TrainError(
+            f"the starting model's hidden states at layer {layer} are not finite (NaN or inf) "
+            f"on {len(bad)} training pair(s): {bad[:5]}"
+        )
     folds = min(5, len(ids))
     ridge = ProbeExplainer(
         ProbeConfig(

@@ -375,3 +375,78 @@ def test_layout_check_accepts_single_choice_pairs():
          "choices": [" city"], "target": " city"}
     )  # fmt: skip
     assert check_tree_layout(tiny_llama(), tiny_tokenizer(), pair) is None
+
+
+def test_paired_path_builds_no_dense_mask(monkeypatch):
+    """The paired attention reads the trie from the segment metadata: the dense mask is never
+    built (the builder raises here), the metadata is built once per batch, and the values are
+    those of the mask path."""
+    import importlib
+
+    from introspect.engine import packing
+
+    paired_attention = importlib.import_module("introspect.ops.paired_attention")
+    model, tok = tiny_llama(), tiny_tokenizer()
+    pairs = _system_pairs(4) + _pairs(3)
+    ref = _run(model, tok, pairs, attention="mask", positions=("last", "span"))
+
+    def refuse(batch):
+        raise AssertionError("the dense mask was built on the paired path")
+
+    built = []
+    real = paired_attention.segment_meta
+
+    def counted(batch, **kw):
+        built.append(batch)
+        return real(batch, **kw)
+
+    switched = []
+    real_set = type(model).set_attn_implementation
+
+    def set_impl(self, name):
+        switched.append(name)
+        return real_set(self, name)
+
+    monkeypatch.setattr(packing, "_tree_mask", refuse)
+    monkeypatch.setattr(paired_attention, "segment_meta", counted)
+    monkeypatch.setattr(type(model), "set_attn_implementation", set_impl)
+    before = model.config._attn_implementation
+    got = _run(model, tok, pairs, attention="paired", positions=("last", "span"))
+    assert len(built) > 1 and len({id(b) for b in built}) == len(built)  # once per batch
+    # The attention implementation is switched once for the stream, and back.
+    assert switched == ["introspect_paired", before] and model.config._attn_implementation == before
+    for key in ref:
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-5, err_msg=str(key))
+    # The mask path still gets its mask, built on first use.
+    batch = pack([build_item(0, [[5, 6, 7], [5, 6]], [[1]])], row_tokens=8)
+    with pytest.raises(AssertionError, match="dense mask"):
+        _ = batch.mask
+    monkeypatch.undo()
+    assert torch.equal(batch.mask[0, 0], torch.ones(3, 3, dtype=torch.bool).tril())
+
+
+def test_dense_mask_marks_ancestors_prefix_and_padding():
+    """The vectorised mask builder against a per-node walk up the trie."""
+    items = [
+        build_item(0, [[2, 3, 4, 5, 6], [2, 3, 7], [2, 3, 4, 8]], [[1], [9, 10]]),
+        build_item(1, [[2, 3, 11], [2, 3]], [[1]]),
+        build_item(2, [[12]], [[1]]),
+    ]
+    for prefix in ([], [2, 3]):
+        for row_tokens in (4, 12, 64):
+            batch = pack(items, row_tokens=row_tokens, prefix=prefix)
+            P, (B, T) = batch.prefix_len, batch.input_ids.shape
+            want = torch.zeros(B, 1, T, P + T, dtype=torch.bool)
+            for k, item in enumerate(items):
+                skip = batch.skips[k]
+                for node in range(skip, len(item.trie)):
+                    r, c = batch.position(k, node)
+                    up = node
+                    while up >= skip:
+                        want[r, 0, c, P + batch.position(k, up)[1]] = True
+                        up = item.trie.parent[up]
+                    want[r, 0, c, :P] = skip > 0
+            for r, used in enumerate(batch.lengths):
+                for i in range(used, T):
+                    want[r, 0, i, P + i] = True
+            assert torch.equal(batch.mask, want), (prefix, row_tokens)

@@ -145,28 +145,48 @@ def test_two_processes_equal_one(workspace, tmp_path):
     one = tmp_path / "one"
     assert main(_extract_argv(model_dir, pairs, one)) == 0
     two = tmp_path / "two"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "introspect",
-            *_extract_argv(model_dir, pairs, two),
-        ],
+    proc = _torchrun(_extract_argv(model_dir, pairs, two), 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torchrun: 2 process(es), gloo on cpu" in proc.stderr
+    assert open_run(two).manifest["world_size"] == 2
+    # Each process batches its own share of the pairs: equal up to float32 rounding.
+    _same_run(one, two, exact=False)
+
+
+def _torchrun(argv, nproc: int):
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         str(nproc), "-m", "introspect", *argv],
         cwd=tempfile.gettempdir(),
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    )  # fmt: skip
+
+
+def test_process_group_backend_follows_the_device():
+    import torch.distributed as dist
+
+    from introspect.engine.driver import process_group_backend
+
+    assert process_group_backend("cpu") == "gloo"
+    assert process_group_backend("cuda:0") == ("nccl" if dist.is_nccl_available() else "gloo")
+
+
+@pytest.mark.cuda
+def test_torchrun_on_a_gpu_uses_nccl(workspace, tmp_path):
+    """One process under torchrun on the GPU: NCCL with the process's GPU as the current
+    device, and the same run as a plain process on that GPU."""
+    _, model_dir, pairs = workspace
+    plain = tmp_path / "plain"
+    assert main(_extract_argv(model_dir, pairs, plain, "--device", "cuda")) == 0
+    nccl = tmp_path / "nccl"
+    proc = _torchrun(_extract_argv(model_dir, pairs, nccl, "--device", "cuda"), 1)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert open_run(two).manifest["world_size"] == 2
-    # Each process batches its own share of the pairs: equal up to float32 rounding.
-    _same_run(one, two, exact=False)
+    assert "torchrun: 1 process(es), nccl on cuda" in proc.stderr
+    assert open_run(nccl).manifest["world_size"] == 1
+    _same_run(plain, nccl, exact=False)
 
 
 def test_existing_run_without_resume_is_refused(workspace, tmp_path, capsys):

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from introspect.engine.cache import cache_kwargs, output_cache
+
 __all__ = ["greedy", "prompt_forward", "right_padded", "score_candidates"]
 
 Example = tuple[list[int], list[int]]
@@ -82,7 +84,7 @@ def score_candidates(
     key/value cache, and each round of candidates continues from a copy of it."""
     device = _device(model)
     first, mask, _ = prompt_forward(model, prompts, pad_id)
-    past = first.past_key_values
+    past = output_cache(first)
     head = torch.log_softmax(first.logits[:, -1].double(), dim=-1)  # the first sentence token
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     out: list[dict[str, float]] = [{} for _ in prompts]
@@ -97,8 +99,8 @@ def score_candidates(
             input_ids=inp,
             attention_mask=torch.cat([mask, smask], 1),
             position_ids=spos,
-            past_key_values=cache,
             use_cache=True,
+            **cache_kwargs(model, cache),
         )
         logp = torch.log_softmax(res.logits.double(), dim=-1)
         for r, t in enumerate(sents):
@@ -121,7 +123,7 @@ def greedy(
     eos = set(eos)
     b = len(prompts)
     out, mask, pos = prompt_forward(model, prompts, pad_id)
-    past = out.past_key_values
+    past = output_cache(out)
     last_pos = pos[:, -1:]
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * b
@@ -142,8 +144,8 @@ def greedy(
             input_ids=nxt[:, None],
             attention_mask=mask,
             position_ids=last_pos,
-            past_key_values=past,
             use_cache=True,
+            **cache_kwargs(model, past),
         )
-        past = out.past_key_values
+        past = output_cache(out)
     return new
