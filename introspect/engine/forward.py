@@ -36,15 +36,15 @@ def resolve_attention(
     """``mask`` (the model's own attention with the packed mask) or ``paired`` (the segment
     kernel registered with transformers, :mod:`introspect.engine.attention`). ``auto`` takes
     ``paired`` on CUDA for a model it supports, in the tree layout, and ``mask`` elsewhere (on
-    CPU, SDPA with the boolean mask is the fast path). Under ``autocast`` the segment kernel is
-    not used: there RoPE leaves queries and keys in float32 and values in the autocast dtype,
-    which the op refuses (SDPA casts them to one dtype itself)."""
+    CPU, SDPA with the boolean mask is the fast path). Under ``autocast`` the segment kernel
+    casts queries, keys and values to the autocast dtype, as SDPA does (RoPE leaves queries and
+    keys in float32)."""
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
     if layout != "tree":
         return "mask"
     if attention == "auto":
-        if next(model.parameters()).device.type != "cuda" or autocast is not None:
+        if next(model.parameters()).device.type != "cuda":
             return "mask"
         from introspect.engine.attention import supports_paired_attention
 
@@ -53,8 +53,6 @@ def resolve_attention(
         from introspect.engine.attention import paired_attention_unsupported
 
         why = paired_attention_unsupported(model)
-        if why is None and autocast is not None:
-            why = "it does not run under autocast (use --attention mask, or --dtype bfloat16)"
         if why is not None:
             raise ValueError(f"attention='paired' cannot run this model: {why}")
     return attention
