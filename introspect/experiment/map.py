@@ -18,6 +18,7 @@ explainer, ``figures/gap_vs_rho-<task>-<explainer>.png`` and ``figures/c_vs_rho-
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -55,6 +56,22 @@ class MapOptions:
     null_min_runs: int = 3
     explainers: tuple[str, ...] = ("probe", "probe-diff", "verbal-score")
     level: float = 0.95
+
+    def __post_init__(self) -> None:
+        from introspect.errors import UsageError
+        from introspect.experiment.verdicts import SCALAR_EXPLAINERS
+
+        edges = self.rho_bins
+        problems = []
+        if len(edges) < 2 or any(b <= a for a, b in itertools.pairwise(edges)):
+            problems.append(f"rho bins must be at least 2 increasing edges, got {list(edges)}")
+        bad = [e for e in self.explainers if e not in SCALAR_EXPLAINERS]
+        if bad or not self.explainers:
+            problems.append(f"explainers {bad} unknown; choose from {', '.join(SCALAR_EXPLAINERS)}")
+        if self.n_boot < 0 or self.null_min_runs < 1 or not 0 < self.alpha < 1:
+            problems.append("n_boot >= 0, null_min_runs >= 1 and 0 < alpha < 1 are needed")
+        if problems:
+            raise UsageError("; ".join(problems))
 
 
 @dataclass

@@ -101,7 +101,8 @@ def _start(spec: SweepSpec, out: Path, resume: bool) -> None:
                 "any run: start a new sweep to test others"
             )
         return
-    if out.exists() and any(out.iterdir()):
+    # (endpoints.json alone: a start interrupted before sweep.json was written)
+    if out.exists() and any(p.name != ENDPOINTS_JSON for p in out.iterdir()):
         raise SweepError(f"{out} exists and is not empty; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     now = _utc_now()

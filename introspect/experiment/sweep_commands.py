@@ -59,7 +59,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                                                for r, d, c in plan]})  # fmt: skip
         return 0
     try:
-        doc = run_sweep(spec, args.out, resume=args.resume, device=args.device)
+        device = None if args.device == "auto" else args.device  # else the spec's
+        doc = run_sweep(spec, args.out, resume=args.resume, device=device)
     except UsageError:
         raise
     except IntrospectError:
