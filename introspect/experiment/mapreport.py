@@ -51,8 +51,8 @@ def _panel(ax, stat: str, points, cell_rows, null_rows) -> None:
     for s in settings:
         colour = _COLOURS.get(s, "tab:purple")
         mine = [p for p in points if p["setting"] == s and p["role"] == "main"]
-        xs = [p["rho"] for p in mine]
-        ys = [p[stat] for p in mine]
+        xs = np.asarray([p["rho"] for p in mine], dtype=np.float64)  # None: NaN, not drawn
+        ys = np.asarray([p[stat] for p in mine], dtype=np.float64)
         ax.scatter(xs, ys, s=14, color=colour, alpha=0.7, label=f"{s}: checkpoints")
         for c in (c for c in cell_rows if c["setting"] == s):
             est = c[stat]

@@ -218,13 +218,16 @@ def parse_spec(doc: dict[str, Any], *, source: str = "<spec>") -> SweepSpec:
         if k not in _SWEEP_KEYS:
             raise fail(f"[sweep] {k}", f"unknown key; known: {', '.join(_SWEEP_KEYS)}")
     model = sweep.get("model")
-    grid = _grid(_table(doc, "grid", fail), fail)
+    grid_table, fixed_table = dict(_table(doc, "grid", fail)), dict(_table(doc, "fixed", fail))
+    if "task" in fixed_table and "task" not in grid_table:  # one task for every run
+        grid_table["task"] = [fixed_table.pop("task")]
+    grid = _grid(grid_table, fail)
     if not (isinstance(model, str) and model) and "model" not in grid:
         raise fail("[sweep] model", "required (the model to study, a name or a path)")
     preset = sweep.get("preset", "quick")
     if preset not in PRESETS:
         raise fail("[sweep] preset", f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    fixed = _fixed(_table(doc, "fixed", fail), grid, fail)
+    fixed = _fixed(fixed_table, grid, fail)
     spec = SweepSpec(
         source=source,
         model=model or "",

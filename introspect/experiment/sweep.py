@@ -134,37 +134,40 @@ def _write_config(rdir: Path, doc: dict[str, Any]) -> None:
 
 class _Progress:
     """Prefixes the experiment's lines with the run (k/N) and adds the sweep's ETA to each
-    stage's start line."""
+    stage's start line: the run's own ETA (the experiment's, from its stage times) plus, for
+    each run still to do, the mean time of the runs finished here (or, before any, this run's
+    elapsed time plus its ETA)."""
 
-    _STAGE = re.compile(r"^\[(\d+)/(\d+)\] (\S+): start")
+    _STAGE = re.compile(r"^\[\d+/\d+\] \S+: start \(.*ETA (?:(\d+(?:\.\d+)?) (s|min)|unknown)\)")
 
     def __init__(self, n_todo: int, say: Callable[[str], None]):
         self.say, self.n_todo = say, n_todo
         self.run_times: list[float] = []
-        self.label, self.t_run, self.frac = "", time.perf_counter(), 0.0
+        self.label, self.t_run, self.run_left = "", time.perf_counter(), None
 
     def begin(self, label: str) -> None:
-        self.label, self.t_run, self.frac = label, time.perf_counter(), 0.0
+        self.label, self.t_run, self.run_left = label, time.perf_counter(), None
 
     def end(self) -> None:
         self.run_times.append(time.perf_counter() - self.t_run)
 
     def eta(self) -> str:
-        left = self.n_todo - len(self.run_times)  # runs not finished here, this one included
+        left = self.n_todo - len(self.run_times) - 1  # runs after this one
         elapsed = time.perf_counter() - self.t_run
         if self.run_times:
             per = sum(self.run_times) / len(self.run_times)
-        elif self.frac > 0:
-            per = elapsed / self.frac
+            here = self.run_left if self.run_left is not None else max(per - elapsed, 0.0)
+        elif self.run_left is not None:
+            per, here = elapsed + self.run_left, self.run_left
         else:
             return "unknown"
-        return format_seconds(max(per - elapsed, 0.0) + per * (left - 1))
+        return format_seconds(here + per * max(left, 0))
 
     def __call__(self, msg: str) -> None:
         m = self._STAGE.match(msg)
         if m:
-            k, n = int(m.group(1)), int(m.group(2))
-            self.frac = (k - 1) / n
+            if m.group(1) is not None:
+                self.run_left = float(m.group(1)) * (60.0 if m.group(2) == "min" else 1.0)
             msg = f"{msg}; sweep ETA {self.eta()}"
         self.say(f"[{self.label}] {msg}")
 

@@ -122,6 +122,24 @@ def test_invalid_toml_names_the_file(tmp_path):
         load_spec(path)
 
 
+def test_without_a_toml_reader_the_spec_must_be_json(tmp_path, monkeypatch):
+    path = tmp_path / "spec.toml"
+    path.write_text(TOML)
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # as on Python 3.10 without tomli
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with pytest.raises(SpecError, match=r"spec\.toml: reading TOML needs .*give the spec as JSON"):
+        load_spec(path)
+
+
+def test_a_task_in_fixed_is_every_runs_task():
+    doc = _spec()
+    doc["grid"] = {"seed": [0, 1]}
+    doc["fixed"] = {**doc["fixed"], "task": "sycophancy", "setting": "concurrent"}
+    runs = parse_spec(doc).runs()
+    assert [r.name for r in runs] == ["seed-0", "seed-1"]
+    assert all(r.config["tasks"] == ("sycophancy",) for r in runs)
+
+
 @pytest.fixture(scope="module")
 def reference_sweep(model_dir, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("ref") / "sweep"
