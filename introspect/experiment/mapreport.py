@@ -82,6 +82,12 @@ def _panel(ax, stat: str, points, cell_rows, null_rows) -> None:
         ax.axhline(1.0, color="k", ls=":", lw=1, label="pure tracker: c = 1")
         ax.axhline(0.5, color="0.3", lw=0.6)
         ax.set_ylabel("coupling index c")
+        # c is a ratio: where a + b is near 0 (noise, the null) it is huge. The axis shows the
+        # points, not those tails (a band that leaves it is cut at its edge).
+        ys = np.asarray([p["c"] for p in main], dtype=np.float64)
+        ys = ys[np.isfinite(ys)]
+        lo, hi = np.quantile(ys, [0.05, 0.95]) if ys.size else (0.0, 1.0)
+        ax.set_ylim(max(min(-0.25, lo - 0.1), -2.0), min(max(1.25, hi + 0.1), 3.0))
     ax.set_xlabel("ρ_t = r(current Δ, labels)")
 
 
