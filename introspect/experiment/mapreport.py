@@ -169,7 +169,8 @@ def write_markdown(doc: dict[str, Any], path: Path) -> Path:
         f"{len(doc['runs'])} finished runs, {len(doc['points'])} points (checkpoints after the "
         f"start; explainers {', '.join(o['explainers'])}). Intervals: 95% hierarchical bootstrap "
         f"(seeds, then pairs within seed; {o['n_boot']} replicates, seed {o['seed']}). Every "
-        "number is recomputed from the runs' predictions.",
+        "number is recomputed from the runs' predictions. A cell of fewer than 3 seeds has a "
+        "seed level with little to resample: its interval is too narrow.",
         "",
         *_endpoint_lines(doc),
         "",
