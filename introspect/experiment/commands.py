@@ -109,6 +109,9 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
     esub = p.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", required=True)
     _add_coupling_parser(esub)
     _add_rescore_parser(esub)
+    from introspect.experiment.sweep_commands import add_sweep_parsers
+
+    add_sweep_parsers(esub)
     return p
 
 
