@@ -320,3 +320,17 @@ def _pack_paths(items: Sequence[PackedItem], *, prefix_len: int, skips: list[int
         if skips[owner[r]]:
             mask[r, :P] = 1
     return PackedBatch(ids, pos, list(items), [], "paths", P, skips, locs, _mask=mask)
+
+
+def sliding_window_mask(batch: PackedBatch, window: int) -> torch.Tensor:
+    """The tree layout's mask cut to a sliding window of ``window`` positions: a node attends
+    to an ancestor only when their position ids (depths) differ by less than ``window``, which is
+    what the window does to each sequence run on its own (the cached prefix, at depths below the
+    batch's, is cut the same way)."""
+    if batch.layout != "tree":
+        raise ValueError("a sliding-window mask is built for the tree layout")
+    pos = batch.position_ids
+    P = batch.prefix_len
+    keys = torch.cat([torch.arange(P).expand(pos.shape[0], P), pos], dim=1) if P else pos
+    near = (pos[:, None, :, None] - keys[:, None, None, :]) < window
+    return batch.mask & near

@@ -87,7 +87,7 @@ def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     for idx, state in opt.state_dict()["state"].items():
         for key, value in state.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"{idx}.{key}"] = t.detach().reshape(-1).cpu().clone().contiguous()
+            tensors[f"{idx}.{key}"] = t.detach().reshape(-1).cpu().contiguous()  # written now
     save_file(tensors, str(path))
 
 

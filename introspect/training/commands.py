@@ -148,6 +148,14 @@ def _add_optimizer_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=1e-5, help="model learning rate (AdamW)")
     g.add_argument("--probe-lr", type=float, default=1e-3, help="probe learning rate (AdamW)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="model weight decay")
+    g.add_argument(
+        "--no-packed-step",
+        dest="packed_step",
+        action="store_false",
+        help="run each pair's sequences (x with the objective's choice, x' and the choices of "
+        "the regulariser, the verbal question) as separate forwards instead of one prefix-"
+        "shared forward per step (same values, slower; for measuring its share)",
+    )
 
 
 def _add_verbal_arguments(p: argparse.ArgumentParser) -> None:

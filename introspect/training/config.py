@@ -1,7 +1,8 @@
 """The settings of a training run (:class:`TrainConfig`), checked when it is made.
 
 What each setting does is described in :mod:`introspect.training.loop`; ``identity()`` names the
-settings a resumed run must share with the run it continues.
+settings a resumed run must share with the run it continues (``packed_step`` changes how a step
+is computed, not what: a run may resume with the other setting).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from introspect.training.objectives import OBJECTIVES, TrainError
 __all__ = ["TrainConfig"]
 
 # Settings that may differ between a run and its resumption.
-_MUTABLE = ("steps", "out", "optimizer_state", "device")
+_MUTABLE = ("steps", "out", "optimizer_state", "device", "packed_step")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class TrainConfig:
     optimizer_state: str = "last"
     seed: int = 0
     device: str = "auto"
+    packed_step: bool = True
 
     def __post_init__(self) -> None:
         problems = []

@@ -26,6 +26,16 @@ Per step, on a minibatch of training pairs::
   started from (M0, or whatever model it was given), measured once before the first step. It
   keeps the model's behaviour, with and without the feature, close to where it started.
 
+How a step is computed (``packed_step``, on by default): every sequence the step reads for a
+pair (x with its choices, x' with its choices, the verbal conversation with its label sentence)
+is one token trie, and the minibatch's tries run as one forward and one backward with the
+extraction engine's 4D mask and position ids, the LM head only at the read positions
+(:mod:`introspect.training.packed`); the starting pass over the training pairs uses the engine's
+packed forward, and gives the verbal explainer M0's answers too. The loss and every gradient
+equal those of separate forwards (``packed_step=False``, ``--no-packed-step``) up to float32
+rounding. A model that cannot take the packed mask is found on the first pair at setup and runs
+separate forwards (``train.json`` records ``packed_step`` and why it is off).
+
 Without ``concurrent`` the model is frozen and only the probe trains: the control. The model is
 kept in eval mode (no dropout), so a step is a deterministic function of the weights, the
 optimizer state and the step number: minibatches come from a seeded permutation per epoch, and a

@@ -189,12 +189,14 @@ def initial_pass(model, enc_x, enc_mod, layer: int, want_ref: bool, want_mod: bo
             refs["x"].extend(choice_logps(model, chunk))
     h0 = torch.cat(hs).numpy()
     h0_mod = torch.cat(hms).numpy() if want_mod else None
-    flat = {}
-    for side, got in refs.items():
-        counts = np.array([len(r) for r in got], dtype=np.int64)
-        values = torch.cat(got).double().cpu().numpy() if got else np.zeros(0)
-        flat[side] = (values, counts)
-    return h0, h0_mod, flat
+    return h0, h0_mod, {side: flat_logps(got) for side, got in refs.items()}
+
+
+def flat_logps(got: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prompt choice log-probabilities as one float64 array and the per-prompt counts."""
+    counts = np.array([len(r) for r in got], dtype=np.int64)
+    values = torch.cat(got).double().cpu().numpy() if got else np.zeros(0)
+    return values, counts
 
 
 def standardiser(h: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,16 +274,19 @@ def verbal_explainer(model, tokenizer, doc: dict[str, Any]):
     return ex
 
 
-def verbal_setup(cfg: TrainConfig, model, tok, pairs, y: np.ndarray, out: Path, resume: bool):
+def verbal_setup(
+    cfg: TrainConfig, model, tok, pairs, y: np.ndarray, out: Path, resume: bool, m0_answers=None
+):
     """``verbal.json`` (written on a fresh start, read on resume), the explainer on the model and
-    its training examples (one per pair)."""
+    its training examples (one per pair). ``m0_answers``: the model's greedy answers on x and x'
+    (``{id: [on x, on x']}``) where the starting pass already measured them."""
     path = out / VERBAL_JSON
     if resume:
         doc = ck.read_json(path)
     elif cfg.verbal_format == "precursor":
-        doc = _precursor_doc(cfg, model, tok, pairs)
+        doc = _precursor_doc(cfg, model, tok, pairs, m0_answers)
     else:
-        doc = _binned_doc(cfg, model, tok, pairs, y)
+        doc = _binned_doc(cfg, model, tok, pairs, y, m0_answers)
     ex = verbal_explainer(model, tok, doc)
     if doc.get("format") == "precursor":
         targets = [doc["labels"][p.id] for p in pairs]
@@ -297,9 +302,9 @@ def verbal_setup(cfg: TrainConfig, model, tok, pairs, y: np.ndarray, out: Path, 
     return ex, examples, doc
 
 
-def _binned_doc(cfg: TrainConfig, model, tok, pairs, y: np.ndarray) -> dict[str, Any]:
+def _binned_doc(cfg: TrainConfig, model, tok, pairs, y: np.ndarray, m0_answers) -> dict[str, Any]:
     """The binned format's settings: the threshold and M0's answers on x (shown before the
-    question, fixed from here on)."""
+    question, fixed from here on; from ``m0_answers`` where given)."""
     from introspect.explain import VerbalConfig, base
 
     if cfg.verbal_threshold is not None:
@@ -314,9 +319,12 @@ def _binned_doc(cfg: TrainConfig, model, tok, pairs, y: np.ndarray) -> dict[str,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
     )
-    ex = verbal_explainer(model, tok, {"config": base.config_to_dict(vc)})
-    with torch.no_grad():
-        answers = ex.answers(pairs)
+    if m0_answers is not None:
+        answers = [m0_answers[p.id][0] for p in pairs]
+    else:
+        ex = verbal_explainer(model, tok, {"config": base.config_to_dict(vc)})
+        with torch.no_grad():
+            answers = ex.answers(pairs)
     return {
         "config": base.config_to_dict(vc),
         "threshold": threshold,
@@ -345,7 +353,7 @@ def source_answers(model, tok, pairs) -> dict[str, list[str]]:
     return {p.id: [a, b] for p, a, b in zip(pairs, ax, am, strict=True)}
 
 
-def _precursor_doc(cfg: TrainConfig, model, tok, pairs) -> dict[str, Any]:
+def _precursor_doc(cfg: TrainConfig, model, tok, pairs, m0_answers) -> dict[str, Any]:
     """The precursor format's labels: the label source's answer change by greedy argmax (from
     ``cfg.verbal_answers``, else the starting model's own answers), with the run's label noise
     (a seeded fraction resampled from the labels' own distribution) or shuffling applied."""
@@ -357,6 +365,8 @@ def _precursor_doc(cfg: TrainConfig, model, tok, pairs) -> dict[str, Any]:
         missing = [p.id for p in pairs if p.id not in answers]
         if missing:
             raise TrainError(f"{cfg.verbal_answers}: no answers for pairs {missing[:5]}")
+    elif m0_answers is not None:
+        answers = m0_answers
     else:
         answers = source_answers(model, tok, pairs)
     labels = precursor_labels([answers[p.id][0] for p in pairs], [answers[p.id][1] for p in pairs])

@@ -6,9 +6,11 @@ What a step optimises is described in :mod:`introspect.training.loop`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,21 @@ from introspect.training.objectives import (
     sft_targets,
     target_forward,
 )
+from introspect.training.packed import (
+    StepItem,
+    initial_pass_packed,
+    packed_problem,
+    step_forward,
+    step_item,
+)
 
 __all__ = ["FORMAT_VERSION", "Trainer", "batch_rows"]
 
 FORMAT_VERSION = 1
 _OPT_FILE = "optimizer.safetensors"
 _INIT_FILE = "init.safetensors"
+
+logger = logging.getLogger(__name__)
 
 
 def batch_rows(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -45,6 +56,18 @@ def batch_rows(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
             perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
         rows.append(int(perms[epoch][k]))
     return np.array(rows, dtype=np.int64)
+
+
+@dataclass
+class _Outputs:
+    """What a step reads from the model on its minibatch (see :meth:`Trainer._losses`)."""
+
+    logp_t: torch.Tensor  # [B] log p(objective's choice | x)
+    h: torch.Tensor  # [B, D] the probe layer at x's last token
+    h_mod: torch.Tensor | None = None  # [B, D] the same on x' (the difference probe)
+    cur_x: list[torch.Tensor] | None = None  # every choice's log p after x (the regulariser)
+    cur_mod: list[torch.Tensor] | None = None  # and after x'
+    verbal: torch.Tensor | None = None  # mean cross-entropy of the label sentences' tokens
 
 
 def _split(flat: torch.Tensor | None, counts: torch.Tensor | None) -> list[torch.Tensor]:
@@ -151,17 +174,19 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
     def _initial(self) -> None:
-        """The encoded pairs, the standardised labels and what M0 gives on the training pairs
-        (measured on a fresh start and saved, read back on resume)."""
+        """The encoded pairs, the standardised labels, how a step runs (packed or not) and what
+        M0 gives on the training pairs (measured on a fresh start and saved, read back on
+        resume)."""
         from safetensors.torch import load_file
 
         cfg = self.cfg
         self.enc_x = encode_pairs(self.tok, self.pairs, "x")
+        self.enc_mod = encode_pairs(self.tok, self.pairs, "mod")
         want_ref = cfg.concurrent and cfg.w_reg > 0
-        want_mod = want_ref or cfg.difference_probe
-        self.enc_mod = encode_pairs(self.tok, self.pairs, "mod") if want_mod else None
         self.y = self.labels.values.astype(np.float64)
         self.ybar, self.ysd = float(self.y.mean()), float(self.y.std()) or 1.0
+        self._choose_step()
+        self.m0_answers = None
         if self.resume:
             init = load_file(str(self.out / _INIT_FILE))
             self.mu64, self.sd64 = init["feat_mean"], init["feat_scale"]
@@ -178,6 +203,42 @@ class Trainer:
         self.refs = _split(init["ref_logps"], init["ref_counts"])
         self.refs_x = _split(init.get("ref_logps_x"), init.get("ref_counts_x"))
 
+    def _choose_step(self) -> None:
+        """The packed step where it is switched on and the model gives the separate forwards'
+        values with it on the first pair; otherwise separate forwards, with the reason said."""
+        self.step_items: dict[int, StepItem] = {}
+        self.packed, self.packed_off = False, None
+        if not self.cfg.packed_step:
+            return
+        why = packed_problem(self.model, self.enc_x[0], self.enc_mod[0], self.layer)
+        if why is None:
+            self.packed = True
+            return
+        self.packed_off = why
+        msg = f"packed training step off for this model: {why}; running separate forwards"
+        logger.warning(msg)
+        self.say(msg)
+
+    def _m0_pass(self, want_ref: bool, want_mod: bool):
+        """M0's hidden states of x (and x'), and the regulariser's reference as
+        :func:`~introspect.training.setup.initial_pass` gives them; the packed pass also keeps
+        M0's greedy answers on x and x' for the verbal explainer."""
+        cfg = self.cfg
+        batch = max(cfg.batch_size, 8)
+        if not self.packed:
+            return su.initial_pass(
+                self.model, self.enc_x, self.enc_mod, self.layer, want_ref, want_mod, batch
+            )
+        h0, h0_mod, lx, lm = initial_pass_packed(
+            self.model, self.enc_x, self.enc_mod, self.layer, batch
+        )
+        self.m0_answers = {
+            p.id: [p.choices[int(torch.argmax(a))], p.choices[int(torch.argmax(b))]]
+            for p, a, b in zip(self.pairs, lx, lm, strict=True)
+        }
+        refs = {"mod": su.flat_logps(lm if want_ref else []), "x": su.flat_logps(lx)}
+        return h0, h0_mod if want_mod else None, refs
+
     def _measure_m0(self, want_ref: bool) -> dict[str, torch.Tensor]:
         """M0's pass on a fresh start: the feature standardisers and the regulariser's reference
         (saved in ``init.safetensors``, whose tensors it returns), the labels as used and the
@@ -188,15 +249,7 @@ class Trainer:
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        h0, h0_mod, refs = su.initial_pass(
-            self.model,
-            self.enc_x,
-            self.enc_mod,
-            self.layer,
-            want_ref,
-            cfg.difference_probe,
-            max(cfg.batch_size, 8),
-        )
+        h0, h0_mod, refs = self._m0_pass(want_ref, cfg.difference_probe)
         self.mu64, self.sd64 = su.standardiser(h0)
         init_tensors = {
             "feat_mean": self.mu64,
@@ -223,7 +276,14 @@ class Trainer:
         if not self.cfg.verbal:
             return
         self.verbal, self.verbal_items, self.verbal_doc = su.verbal_setup(
-            self.cfg, self.model, self.tok, self.pairs, self.y, self.out, self.resume
+            self.cfg,
+            self.model,
+            self.tok,
+            self.pairs,
+            self.y,
+            self.out,
+            self.resume,
+            m0_answers=self.m0_answers,
         )
         if not self.resume:
             counts = self.verbal_doc["label_counts"]
@@ -301,7 +361,10 @@ class Trainer:
             "device": self.device,
             "behaviour_objective": cfg.objective if self.active else "none",
             "verbal": None if self.verbal_doc is None else su.VERBAL_JSON,
+            "packed_step": self.packed,
         }
+        if self.packed_off is not None:
+            info["packed_step_off"] = self.packed_off
         if self.chat_template != "model":
             info["chat_template"] = self.chat_template
         return info
@@ -310,37 +373,93 @@ class Trainer:
     # Training
 
     def _losses(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """The loss terms on the minibatch ``rows`` and their weighted sum (``loss``)."""
+        """The loss terms on the minibatch ``rows`` and their weighted sum (``loss``), from one
+        prefix-shared forward (``packed``) or from separate forwards."""
+        with torch.set_grad_enabled(self.cfg.concurrent):
+            outs = self._packed_outputs(rows) if self.packed else self._separate_outputs(rows)
+        return self._assemble(rows, outs)
+
+    def _wants(self) -> tuple[bool, bool]:
+        """Whether a step reads x' (the difference probe or the regulariser) and the verbal
+        sentence."""
+        cfg = self.cfg
+        want_reg = cfg.concurrent and cfg.w_reg > 0
+        want_verbal = self.verbal is not None and cfg.w_verbal > 0  # 0: the untrained control
+        return cfg.difference_probe or want_reg, want_verbal
+
+    def _separate_outputs(self, rows: np.ndarray) -> _Outputs:
+        """The step's model outputs from separate forwards: x with the objective's choice, x'
+        (no gradient unless the explainer's reaches the model), every choice after x' and
+        after x for the regulariser, and the verbal conversation with its full logits."""
         cfg, model, layer = self.cfg, self.model, self.layer
-        y_batch = self.y_std[torch.from_numpy(rows).to(self.device)]
         bx = [self.enc_x[i] for i in rows]
-        bt = [self.targets[i] for i in rows]
-        with torch.set_grad_enabled(cfg.concurrent):
-            logp_t, h = target_forward(model, bx, bt, layer=layer)
-        h_in = h if cfg.explainer_grad_to_model else h.detach()
+        logp_t, h = target_forward(model, bx, [self.targets[i] for i in rows], layer=layer)
+        outs = _Outputs(logp_t, h)
+        if cfg.difference_probe:
+            bm = [self.enc_mod[i] for i in rows]
+            with torch.set_grad_enabled(cfg.concurrent and cfg.explainer_grad_to_model):
+                _, outs.h_mod = target_forward(model, bm, [0] * len(bm), layer=layer)
+        if cfg.concurrent and cfg.w_reg > 0:
+            outs.cur_mod = choice_logps(model, [self.enc_mod[i] for i in rows])
+            outs.cur_x = choice_logps(model, bx)
+        if self._wants()[1]:
+            outs.verbal, _ = self.verbal.sentence_loss([self.verbal_items[i] for i in rows])
+        return outs
+
+    def _packed_outputs(self, rows: np.ndarray) -> _Outputs:
+        """The same outputs as :meth:`_separate_outputs` from one forward of the minibatch's
+        tries (see :mod:`introspect.training.packed`)."""
+        cfg = self.cfg
+        fwd = step_forward(self.model, [self._step_item(int(i)) for i in rows], self.layer)
+        logp_t = torch.stack(
+            [lp[0][self.targets[i]] for lp, i in zip(fwd.logps, rows, strict=True)]
+        )
+        outs = _Outputs(logp_t, fwd.hidden[:, 0])
+        if cfg.difference_probe:
+            h_mod = fwd.hidden[:, 1]
+            outs.h_mod = h_mod if cfg.concurrent and cfg.explainer_grad_to_model else h_mod.detach()
+        if cfg.concurrent and cfg.w_reg > 0:
+            outs.cur_x = [lp[0] for lp in fwd.logps]
+            outs.cur_mod = [lp[1] for lp in fwd.logps]
+        if self._wants()[1]:
+            outs.verbal = -fwd.sentence.mean()
+        return outs
+
+    def _step_item(self, i: int) -> StepItem:
+        """Pair ``i``'s trie (built once per run)."""
+        item = self.step_items.get(i)
+        if item is None:
+            want_mod, want_verbal = self._wants()
+            item = step_item(
+                i,
+                self.enc_x[i],
+                self.enc_mod[i] if want_mod else None,
+                self.verbal_items[i] if want_verbal else None,
+            )
+            self.step_items[i] = item
+        return item
+
+    def _assemble(self, rows: np.ndarray, outs: _Outputs) -> dict[str, torch.Tensor]:
+        """The loss terms from the step's model outputs."""
+        cfg = self.cfg
+        y_batch = self.y_std[torch.from_numpy(rows).to(self.device)]
+        h_in = outs.h if cfg.explainer_grad_to_model else outs.h.detach()
         pred = ((h_in - self.mu32) / self.sd32) @ self.w.t() + self.b
         l_exp = torch.mean((pred[:, 0] - y_batch) ** 2)
         zero = torch.zeros((), dtype=l_exp.dtype)
         l_diff = zero
         if cfg.difference_probe:
-            bm = [self.enc_mod[i] for i in rows]
-            with torch.set_grad_enabled(cfg.concurrent and cfg.explainer_grad_to_model):
-                _, h_mod = target_forward(model, bm, [0] * len(bm), layer=layer)
-            d_in = h_mod - h_in
+            d_in = outs.h_mod - h_in
             pred_d = ((d_in - self.mu_d32) / self.sd_d32) @ self.w_d.t() + self.b_d
             l_diff = torch.mean((pred_d[:, 0] - y_batch) ** 2)
-        l_beh = -logp_t.mean() if self.active else zero
+        l_beh = -outs.logp_t.mean() if self.active else zero
         l_reg = zero
-        if cfg.concurrent and cfg.w_reg > 0:
-            cur_mod = choice_logps(model, [self.enc_mod[i] for i in rows])
-            cur_x = choice_logps(model, bx)
+        if outs.cur_x is not None:
             l_reg = 0.5 * (
-                kl_to_reference(cur_x, [self.refs_x[i] for i in rows])
-                + kl_to_reference(cur_mod, [self.refs[i] for i in rows])
+                kl_to_reference(outs.cur_x, [self.refs_x[i] for i in rows])
+                + kl_to_reference(outs.cur_mod, [self.refs[i] for i in rows])
             )
-        l_verbal = zero
-        if self.verbal is not None and cfg.w_verbal > 0:  # w_verbal 0: the untrained control
-            l_verbal, _ = self.verbal.sentence_loss([self.verbal_items[i] for i in rows])
+        l_verbal = zero if outs.verbal is None else outs.verbal
         loss = (
             cfg.w_behaviour * l_beh
             + cfg.w_explain * (l_exp + l_diff)
@@ -354,7 +473,7 @@ class Trainer:
             "explain_diff": l_diff,
             "verbal": l_verbal,
             "reg": l_reg,
-            "target_logprob": logp_t.mean(),
+            "target_logprob": outs.logp_t.mean(),
         }
 
     def step(self, k: int) -> dict[str, Any]:

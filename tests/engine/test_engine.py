@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from tiny import tiny_llama, tiny_tokenizer
+from tiny import tiny_gemma3, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_tokenizer
 
 from introspect.behaviour import encode, measure
 from introspect.data import Pair
@@ -69,48 +69,15 @@ def _pairs(n=10):
 
 
 def _tiny_gpt2():
-    from tiny import WORDS
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(WORDS), n_positions=128, n_embd=32, n_layer=2, n_head=4)
-    return GPT2LMHeadModel(cfg).eval()
-
-
-def _tiny_qwen2():
-    from tiny import WORDS
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    )  # fmt: skip
-    return Qwen2ForCausalLM(cfg).eval()
-
-
-def _tiny_gemma3(window=8):
-    """Gemma 3 text model with a sliding window shorter than most prompts here."""
-    from tiny import WORDS
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-        sliding_window=window, layer_types=["sliding_attention", "full_attention"],
-        final_logit_softcapping=30.0,
-    )  # fmt: skip
-    cfg._attn_implementation = "eager"
-    return Gemma3ForCausalLM(cfg).eval()
+    return tiny_gpt2(positions=128)
 
 
 MODELS = {
     "llama": lambda: tiny_llama(),
     "gpt2": _tiny_gpt2,
-    "qwen2": _tiny_qwen2,
-    "gemma3": _tiny_gemma3,
-    "gemma3-wide-window": lambda: _tiny_gemma3(window=256),
+    "qwen2": tiny_qwen2,
+    "gemma3": tiny_gemma3,  # a sliding window (8) shorter than most prompts here
+    "gemma3-wide-window": lambda: tiny_gemma3(window=256),
 }
 
 
