@@ -2,10 +2,10 @@
 
 A prompt and its continuations form one token trie (:func:`~introspect.engine.packing.build_item`):
 the prompt is computed once, each continuation is a branch of it, and only the positions read go
-through the LM head (``head="rows"``: log-softmax in float64). Tries fill rows up to a token budget, exactly as the
-extraction engine packs pairs, so every value equals a separate forward of the prompt followed
-by that continuation. This is how the verbal explainer scores its candidate sentences and how
-the model's answer among a pair's choices is read.
+through the LM head (``head="rows"``: log-softmax in float64). Tries fill rows up to a token
+budget, exactly as the extraction engine packs pairs, so every value equals a separate forward
+of the prompt followed by that continuation. This is how the verbal explainer scores its
+candidate sentences and how the model's answer among a pair's choices is read.
 """
 
 from __future__ import annotations
