@@ -103,12 +103,16 @@ def test_readme_headline_gaps_are_the_committed_ones():
         assert f"{rho:.3f} ({task})" in text, (task, rho)
 
 
-def test_committed_metrics_are_those_of_the_committed_predictions():
+SETTINGS_QUICK = ROOT / "docs" / "results" / "settings-quick"
+
+
+@pytest.mark.parametrize("run", [RUN, SETTINGS_QUICK / "earlier-checkpoint"], ids=lambda p: p.name)
+def test_committed_metrics_are_those_of_the_committed_predictions(run):
     # metrics.jsonl of every committed evaluation is what this version computes from its
     # compressed predictions (what `introspect experiment rescore` writes), row for row.
-    state = json.loads((RUN / "state.json").read_text())
+    state = json.loads((run / "state.json").read_text())
     cfg = state["config"]
-    dirs = sorted(RUN.glob("*/eval-*"))
+    dirs = sorted(run.glob("*/eval-*"))
     assert len(dirs) == len(_evaluated(state))
     for edir in dirs:
         assert not (edir / "predictions.jsonl").exists(), "commit the predictions compressed"
