@@ -62,10 +62,15 @@ def ws(tmp_path_factory):
 
 
 def _cli(argv, **kw):
+    """The command line in a child process computing with this process's thread count, so that
+    its results can be compared bit for bit with runs made here."""
+    import torch
+
+    threads = str(torch.get_num_threads())
     return subprocess.Popen(
         [sys.executable, "-m", "introspect", *argv],
         cwd=tempfile.gettempdir(),
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
         **kw,
     )
 
