@@ -76,7 +76,10 @@ class ExperimentConfig:
     M1 (the first checkpoint with r(Δ_M1, Δ_M0) below each target, measured every
     ``drift_every`` of at most ``drift_steps`` steps at learning rate ``drift_lr``; a target
     whose first checkpoint below it is also below the next target is jumped over, not saved).
-    ``rho_threshold``: below it, a verdict is "precondition not met"."""
+    ``rho_threshold``: below it, a verdict is "precondition not met".
+    ``no_explanation_control``: run the control without explanation training (in the
+    concurrent setting it trains the model on the objective alone, as long as the main run;
+    a sweep that needs only the shuffled-label null may turn it off)."""
 
     model: str
     out: str
@@ -110,6 +113,7 @@ class ExperimentConfig:
     drift_every: int = 2
     drift_lr: float = 1e-5
     rho_threshold: float = 0.5
+    no_explanation_control: bool = True
 
     def __post_init__(self) -> None:
         from introspect.data.tasks import TASKS
@@ -330,7 +334,7 @@ def _concurrent_conditions(cfg: ExperimentConfig, full: bool) -> list[Condition]
     ]
     if not full:
         return conds
-    if cfg.verbal:
+    if cfg.verbal and cfg.no_explanation_control:
         conds.append(
             dataclasses.replace(
                 main,
@@ -363,11 +367,11 @@ def _explain_only_conditions(cfg: ExperimentConfig, full: bool) -> list[Conditio
         trajectory=True,
         control="shuffled" if full else None,
     )
-    conds = [
-        main,
+    conds = [main]
+    if cfg.no_explanation_control:
         # Without explanation training only the regulariser would train the model, and its
         # gradient at the start is zero: the model stays M0, so the run is a frozen one.
-        dataclasses.replace(
+        conds.append(dataclasses.replace(
             main,
             name="no-explanation",
             concurrent=False,
@@ -376,8 +380,7 @@ def _explain_only_conditions(cfg: ExperimentConfig, full: bool) -> list[Conditio
             control=None,
             description="control: the same run without explanation training (the model stays "
             "M0; its verbal answers untrained)",
-        ),
-    ]
+        ))  # fmt: skip
     return conds + (_controls(cfg, main) if full else [])
 
 

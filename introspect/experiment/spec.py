@@ -17,6 +17,9 @@ the endpoints to be tested on them, declared before any run (pure data; no torch
     lr = [3e-5, 1e-4]
     w_reg = [0.0, 1.0]
     seed = [0, 1, 2]
+    # A linked axis (a name that is no setting, its values tables): the settings of each table
+    # vary together, e.g. shift strengths that are not a product of lr and w_reg:
+    # shift = [{lr = 3e-6, w_reg = 0.0}, {lr = 3e-5, w_reg = 10.0}]
 
     [[endpoints]]
     name = "explain-only probe, high rho"
@@ -129,14 +132,23 @@ class SweepSpec:
         varying = [k for k in keys if len(self.grid[k]) > 1]
         out, seen = [], set()
         for combo in itertools.product(*(self.grid[k] for k in keys)):
-            values = dict(zip(keys, combo, strict=True))
-            name = "_".join(f"{k}-{_slug(values[k])}" for k in varying) or "run"
+            picked = dict(zip(keys, combo, strict=True))
+            values: dict[str, Any] = {}  # linked axes spread into their settings
+            parts = []
+            for k in keys:
+                v = picked[k]
+                items = v.items() if isinstance(v, dict) else [(k, v)]
+                values.update(items)
+                if k in varying:
+                    parts += [f"{name}-{_slug(x)}" for name, x in items]
+            name = "_".join(parts) or "run"
             if name in seen:
                 name = f"{name}_{len(out)}"
             seen.add(name)
             cfg = {"model": self.model, **self.fixed, **values}
             cfg["tasks"] = (cfg.pop("task"),)
-            out.append(RunSpec(name, {k: values[k] for k in varying}, cfg))
+            varied = {n: x for k in varying for n, x in _items(k, picked[k])}
+            out.append(RunSpec(name, varied, cfg))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -151,6 +163,19 @@ class SweepSpec:
             "endpoints": [e.to_json() for e in self.endpoints],
             "map": self.map,
         }
+
+
+def _items(key: str, value: Any) -> list[tuple[str, Any]]:
+    """The settings one grid value gives: itself, or a linked axis's table of them."""
+    return list(value.items()) if isinstance(value, dict) else [(key, value)]
+
+
+def _grid_values(grid: dict[str, list[Any]], key: str) -> list[Any] | None:
+    """Every value ``key`` takes across the grid, from its own axis or from linked axes."""
+    if key in grid:
+        return grid[key]
+    found = [v[key] for values in grid.values() for v in values if isinstance(v, dict) and key in v]
+    return list(dict.fromkeys(found)) if found else None
 
 
 def _slug(v: Any) -> str:
@@ -267,13 +292,29 @@ def _check_key(table: str, key: str, fail) -> str:
 
 def _grid(grid: dict[str, Any], fail) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
+    linked_keys: dict[str, str] = {}  # setting -> the linked axis that gives it
     for key, values in grid.items():
-        _check_key("grid", key, fail)
         if not isinstance(values, list) or not values:
             raise fail(f"[grid] {key}", f"expected a non-empty list of values, got {values!r}")
-        for v in values:
-            _check_value(f"[grid] {key}", key, v, fail)
-        if len({json.dumps(v) for v in values}) != len(values):
+        if all(isinstance(v, dict) for v in values) and key not in {"task", *_fields()}:
+            names = list(values[0])
+            for n, v in enumerate(values):
+                where = f"[grid] {key} #{n + 1}"
+                if not v or list(v) != names:
+                    raise fail(where, f"every table of a linked axis sets {names}, got {list(v)}")
+                for k, x in v.items():
+                    _check_key("grid", k, fail)
+                    _check_value(f"{where} {k}", k, x, fail)
+            for k in names:
+                if k in linked_keys or k in grid:
+                    other = linked_keys.get(k, k)
+                    raise fail(f"[grid] {key}", f"{k} is also set by [grid] {other}")
+                linked_keys[k] = key
+        else:
+            _check_key("grid", key, fail)
+            for v in values:
+                _check_value(f"[grid] {key}", key, v, fail)
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise fail(f"[grid] {key}", f"a value is listed twice: {values}")
         out[key] = list(values)
     if "task" not in out:
@@ -285,7 +326,7 @@ def _fixed(fixed: dict[str, Any], grid: dict[str, list[Any]], fail) -> dict[str,
     out = {}
     for key, value in fixed.items():
         _check_key("fixed", key, fail)
-        if key in grid:
+        if _grid_values(grid, key) is not None:
             raise fail(f"[fixed] {key}", "also in [grid]: give it in one of them")
         _check_value(f"[fixed] {key}", key, value, fail)
         out[key] = value
@@ -319,7 +360,7 @@ def _endpoints(items: Any, grid, fixed, fail) -> tuple[Endpoint, ...]:
         raise fail("[[endpoints]]", "must be a list of tables")
     out: list[Endpoint] = []
     tasks = grid["task"]
-    settings = grid.get("setting", [fixed.get("setting", "concurrent")])
+    settings = _grid_values(grid, "setting") or [fixed.get("setting", "concurrent")]
     for k, e in enumerate(items):
         where = f"[[endpoints]] #{k + 1}"
         if not isinstance(e, dict):

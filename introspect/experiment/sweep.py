@@ -35,7 +35,7 @@ from introspect._io import write_json_atomic
 from introspect._progress import format_seconds, say_stderr
 from introspect.experiment.spec import RunSpec, SpecError, SweepSpec, config_kwargs, load_spec
 
-__all__ = ["SweepError", "run_config", "run_sweep", "sweep_runs"]
+__all__ = ["SweepError", "prune_run", "run_config", "run_sweep", "sweep_runs"]
 
 SWEEP_JSON = "sweep.json"
 ENDPOINTS_JSON = "endpoints.json"
@@ -75,6 +75,23 @@ def _config_doc(run: RunSpec, cfg) -> dict[str, Any]:
         "n_held": cfg.n_held,
         "config": cfg.to_json(),
     }
+
+
+PRUNE_BYTES = 16 << 20
+
+
+def prune_run(rdir: Path) -> int:
+    """Deletes the weights a complete run no longer needs (model and optimizer checkpoints, the
+    starting weights, hidden-state shards: every ``.safetensors`` file of at least 16 MiB; the
+    probes' weights are far smaller and stay) and returns the bytes freed. The map reads only
+    the runs' JSON."""
+    freed = 0
+    for f in rdir.rglob("*.safetensors"):
+        size = f.stat().st_size
+        if size >= PRUNE_BYTES:
+            f.unlink()
+            freed += size
+    return freed
 
 
 def _is_complete(rdir: Path) -> bool:
@@ -187,6 +204,7 @@ def run_sweep(
     device: str | None = None,
     model: Any = None,
     tokenizer: Any = None,
+    keep_checkpoints: bool = False,
     say: Callable[[str], None] = say_stderr,
 ) -> dict[str, Any]:
     """Runs (or continues, with ``resume``) every run of the sweep ``spec`` (a
@@ -194,6 +212,8 @@ def run_sweep(
     path, status, seconds}], "complete": bool}``. Complete runs are skipped; the others continue
     from their last completed stage. ``model``/``tokenizer``: the model as an object in memory
     (every run of the grid then studies it; the spec's ``model`` is the name recorded).
+    Unless ``keep_checkpoints``, a run's model and optimizer checkpoints are deleted once it is
+    complete (:func:`prune_run`; a run of the quick preset holds several GB of them).
 
     Example::
 
@@ -214,6 +234,8 @@ def run_sweep(
     results = []
     for k, (run, rdir, done) in enumerate(plan, 1):
         if done:
+            if not keep_checkpoints:
+                prune_run(rdir)  # (a sweep killed between a run's end and its pruning)
             say(f"[sweep {k}/{n}] {run.name}: complete, skipped")
             results.append({"name": run.name, "path": str(rdir), "status": "complete"})
             continue
@@ -225,6 +247,8 @@ def run_sweep(
         run_coupling(cfg, resume=True, model=model, tokenizer=tokenizer, say=progress)
         progress.end()
         seconds = time.perf_counter() - t0
-        say(f"[sweep {k}/{n}] {run.name}: done in {format_seconds(seconds)}")
+        freed = 0 if keep_checkpoints else prune_run(rdir)
+        pruned = f"; checkpoints deleted ({freed / 2**30:.1f} GiB)" if freed else ""
+        say(f"[sweep {k}/{n}] {run.name}: done in {format_seconds(seconds)}{pruned}")
         results.append({"name": run.name, "path": str(rdir), "status": "ran", "seconds": seconds})
     return {"runs": results, "complete": True}

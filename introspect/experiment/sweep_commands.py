@@ -38,6 +38,12 @@ def _add_sweep_parser(esub) -> None:
     s.add_argument(
         "--dry-run", action="store_true", help="check the spec and list the runs; run nothing"
     )
+    s.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep each complete run's model and optimizer checkpoints (by default they are "
+        "deleted once the run is complete: the map reads only the runs' JSON)",
+    )
     add_device_argument(s)
     add_json_argument(s, "the runs and their status")
     s.set_defaults(func=_cmd_sweep)
@@ -60,7 +66,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     try:
         device = None if args.device == "auto" else args.device  # else the spec's
-        doc = run_sweep(spec, args.out, resume=args.resume, device=device)
+        doc = run_sweep(
+            spec, args.out, resume=args.resume, device=device,
+            keep_checkpoints=args.keep_checkpoints,
+        )  # fmt: skip
     except UsageError:
         raise
     except IntrospectError:

@@ -97,6 +97,12 @@ BAD = [
      "#1 direction: required"),
     ({"endpoints": [ENDPOINT, ENDPOINT]}, "[[endpoints]] name: names repeat"),
     ({"map": {"rho_bins": [0.5, 0.2]}}, "[map] rho_bins: expected increasing numbers"),
+    ({"grid": {"shift": [{"lr": 1e-4, "w_reg": 0.0}, {"lr": 1e-4}]}},
+     "[grid] shift #2: every table of a linked axis sets ['lr', 'w_reg']"),
+    ({"grid": {"shift": [{"lr": "fast"}]}}, "[grid] shift #1 lr: expected a number"),
+    ({"grid": {"shift": [{"lrr": 1e-4}]}}, "[grid] lrr: unknown setting"),
+    ({"grid": {"shift": [{"seed": 3}]}}, "[grid] shift: seed is also set by [grid] seed"),
+    ({"grid": {"shift": [{"lr": 1e-3}]}}, "[fixed] lr: also in [grid]"),
 ]  # fmt: skip
 
 
@@ -138,6 +144,44 @@ def test_a_task_in_fixed_is_every_runs_task():
     runs = parse_spec(doc).runs()
     assert [r.name for r in runs] == ["seed-0", "seed-1"]
     assert all(r.config["tasks"] == ("sycophancy",) for r in runs)
+
+
+def test_a_linked_axis_varies_its_settings_together():
+    doc = _spec()
+    del doc["fixed"]["lr"]
+    doc["grid"] = {
+        "task": ["sycophancy", "refusal"],
+        "shift": [{"lr": 3e-6, "w_reg": 0.0}, {"lr": 3e-5, "w_reg": 10.0}],
+        "seed": [0],
+    }
+    runs = parse_spec(doc).runs()
+    assert [r.name for r in runs] == [
+        "task-sycophancy_lr-3e-06_w_reg-0",
+        "task-sycophancy_lr-3e-05_w_reg-10",
+        "task-refusal_lr-3e-06_w_reg-0",
+        "task-refusal_lr-3e-05_w_reg-10",
+    ]
+    assert runs[1].values == {"task": "sycophancy", "lr": 3e-5, "w_reg": 10.0}
+    assert (runs[3].config["lr"], runs[3].config["w_reg"], runs[3].config["seed"]) == (3e-5, 10, 0)
+    assert "shift" not in runs[0].config
+    # An endpoint may name a setting that only a linked axis gives.
+    doc["grid"] = {"task": ["sycophancy"], "mode": [{"setting": "concurrent", "lr": 1e-4}]}
+    assert parse_spec(doc).endpoints[0].setting == "concurrent"
+
+
+def test_a_complete_runs_large_weights_are_pruned(tmp_path):
+    from introspect.experiment.sweep import PRUNE_BYTES, prune_run
+
+    big = tmp_path / "t" / "train-concurrent" / "ckpt-000008" / "model" / "model.safetensors"
+    opt = big.parent.parent / "optimizer.safetensors"
+    probe = big.parent.parent / "probe" / "weights.safetensors"
+    metrics = tmp_path / "t" / "eval-concurrent" / "metrics.jsonl"
+    for f, size in ((big, PRUNE_BYTES), (opt, 2 * PRUNE_BYTES), (probe, 4096), (metrics, 10)):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with open(f, "wb") as fh:
+            fh.truncate(size)
+    assert prune_run(tmp_path) == 3 * PRUNE_BYTES
+    assert not big.exists() and not opt.exists() and probe.exists() and metrics.exists()
 
 
 @pytest.fixture(scope="module")
