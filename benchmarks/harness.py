@@ -249,3 +249,81 @@ def line_panels(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+class GemmRecorder:
+    """Records every matrix product a model's forward runs, at its shapes: each ``nn.Linear``
+    call as (m, k, n) with its dtype, and each attention layer's score and value products as
+    batched (heads x rows, row length, head dim) shapes at the packed rows' full length. Use as
+    a context manager around untimed forwards, then :meth:`bound_s` times those products alone
+    (same process, same threads): the model-shaped GEMM bound, the time a forward would take
+    if it did nothing but its matrix products."""
+
+    def __init__(self, model):
+        self.model = model
+        self.linear: dict[tuple, int] = {}  # (m, k, n, dtype) -> calls
+        self.attention: dict[tuple, int] = {}  # (batch, length, head_dim, dtype) -> calls
+        self.handles: list = []
+
+    def __enter__(self):
+        cfg = getattr(self.model.config, "get_text_config", lambda: self.model.config)()
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        n_layers = cfg.num_hidden_layers
+
+        def on_linear(mod, args, out):
+            x = args[0]
+            key = (x.numel() // x.shape[-1], mod.in_features, mod.out_features, str(out.dtype))
+            self.linear[key] = self.linear.get(key, 0) + 1
+
+        def on_model(mod, args, kwargs, out):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is None or ids.dim() != 2:
+                return
+            rows, length = ids.shape
+            key = (rows * heads, length, head_dim, str(next(mod.parameters()).dtype))
+            self.attention[key] = self.attention.get(key, 0) + n_layers
+
+        for m in self.model.modules():
+            if isinstance(m, torch.nn.Linear):
+                self.handles.append(m.register_forward_hook(on_linear))
+        base = getattr(self.model, self.model.base_model_prefix, self.model)
+        self.handles.append(base.register_forward_hook(on_model, with_kwargs=True))
+        # The LM head on the read rows runs inside the choice_logprobs op, not as a module.
+        import introspect.ops as ops
+
+        self._op = ops.choice_logprobs
+
+        def choice_logprobs(h, weight, *args, **kwargs):
+            key = (h.shape[0], weight.shape[1], weight.shape[0], str(h.dtype))
+            self.linear[key] = self.linear.get(key, 0) + 1
+            return self._op(h, weight, *args, **kwargs)
+
+        ops.choice_logprobs = choice_logprobs
+        return self
+
+    def __exit__(self, *exc):
+        import introspect.ops as ops
+
+        ops.choice_logprobs = self._op
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def bound_s(self, repeats: int = 5) -> dict:
+        """Seconds of the recorded products run alone: ``linear``, ``attention`` (QK^T and PV)
+        and ``total``, each the sum over calls of the best of ``repeats`` runs of its shape."""
+        dtypes = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16,
+                  "torch.float16": torch.float16}  # fmt: skip
+        lin = 0.0
+        for (m, k, n, dt), calls in self.linear.items():
+            a, w = torch.randn(m, k).to(dtypes[dt]), torch.randn(n, k).to(dtypes[dt])
+            lin += calls * _best_s(lambda a=a, w=w: torch.nn.functional.linear(a, w), 1, repeats)
+        att = 0.0
+        for (b, length, d, dt), calls in self.attention.items():
+            q = torch.randn(b, length, d).to(dtypes[dt])
+            k = torch.randn(b, d, length).to(dtypes[dt])
+            s = torch.randn(b, length, length).to(dtypes[dt])
+            v = torch.randn(b, length, d).to(dtypes[dt])
+            att += calls * _best_s(lambda q=q, k=k, s=s, v=v: (q @ k, s @ v), 1, repeats)
+        return {"linear": lin, "attention": att, "total": lin + att}

@@ -273,3 +273,17 @@ def test_non_finite_hidden_states_of_the_training_model_are_refused_by_pair_id(
     assert main(argv) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "hidden states" in err and "not finite" in err and "'q07'" in err
+
+
+def test_a_loss_that_diverges_stops_training_naming_the_step_and_pairs(ws, labels_run, tmp_path,
+                                                                       capsys):  # fmt: skip
+    # A learning rate of 1e30: the first update sends the weights to inf, the next loss is NaN.
+    out = tmp_path / "train"
+    argv = _train_argv(ws, labels_run, out)
+    argv[argv.index("--lr") + 1] = "1e30"
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if "not finite" in ln)
+    assert "step 2: the loss is not finite" in line and "'q" in line
+    assert "nothing was updated" in line
+    assert "Traceback" not in err

@@ -1,5 +1,15 @@
-"""The extraction engine: f(x), f(x'), Δ and hidden states from packed paired forwards."""
+"""The extraction engine: f(x), f(x'), Δ and hidden states from packed paired forwards.
 
-from introspect.engine.stream import POSITIONS, ExtractConfig, extract_pairs, shared_prefix
+Its names are imported on first use, so that importing the package (and building the command
+line) imports no torch."""
 
-__all__ = ["POSITIONS", "ExtractConfig", "extract_pairs", "shared_prefix"]
+from introspect._lazy import lazy_getattr
+
+_WHERE = {
+    "POSITIONS": "stream",
+    "ExtractConfig": "stream",
+    "extract_pairs": "stream",
+    "shared_prefix": "stream",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_getattr(__name__, _WHERE)

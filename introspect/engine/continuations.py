@@ -10,18 +10,15 @@ candidate sentences and how the model's answer among a pair's choices is read.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import torch
 
 from introspect.engine.forward import forward_packed, uses_sliding_window
+from introspect.engine.layout import tree_layout_problem
 from introspect.engine.packing import PackedItem, build_item, pack
 
 __all__ = ["continuation_logprobs"]
-
-# Whether a model honours the packed 4D mask, decided once per model object.
-_TREE_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _window(model) -> int | None:
@@ -40,17 +37,18 @@ def _run(model, items: list[PackedItem], layout: str, row_tokens: int) -> list[t
 def _layout(model, items: list[PackedItem], row_tokens: int, atol: float = 1e-4) -> str:
     """``tree`` where the model honours the packed mask and no sliding window cuts a row, else
     ``paths`` (every prompt + continuation a plain sequence of its own). The first time a
-    model is seen, one item is run both ways to decide."""
+    model is seen (:mod:`introspect.engine.layout`), one item is run both ways to decide."""
     window = _window(model)
     if window and max(max(i.trie.depth) + 1 for i in items) > window:
         return "paths"
-    ok = _TREE_OK.get(model)
-    if ok is None:
+
+    def check() -> str | None:
         probe = [items[0]]
         tree, paths = _run(model, probe, "tree", row_tokens), _run(model, probe, "paths", 0)
-        ok = bool(torch.allclose(tree[0], paths[0], rtol=0, atol=atol))
-        _TREE_OK[model] = ok
-    return "tree" if ok else "paths"
+        err = float((tree[0] - paths[0]).abs().max())
+        return None if err <= atol else f"the packed forward differs by {err:.3g}"
+
+    return "tree" if tree_layout_problem(model, check) is None else "paths"
 
 
 def continuation_logprobs(

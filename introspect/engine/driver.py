@@ -251,7 +251,10 @@ class Extraction:
         pair, then every sequence on its own (still exact, slower)."""
         if not (self.auto_layout and head):
             return
-        why = check_tree_layout(self.lm.model, self.tokenizer, head[0])
+        from introspect.engine.layout import tree_layout_problem
+
+        model = self.lm.model
+        why = tree_layout_problem(model, lambda: check_tree_layout(model, self.tokenizer, head[0]))
         if why is not None:
             self.say(
                 f"warning: {self.model_id}: {why}; running every sequence on its own "

@@ -24,6 +24,7 @@ __all__ = [
     "ExperimentError",
     "build_map",
     "load_spec",
+    "publish_sweep",
     "rescore_coupling",
     "run_coupling",
     "run_stage0",
@@ -33,6 +34,7 @@ __all__ = [
 _WHERE = {
     "build_map": "map",
     "load_spec": "spec",
+    "publish_sweep": "publish",
     "run_stage0": "stage0",
     "run_sweep": "sweep",
     "PRESETS": "coupling",

@@ -15,8 +15,11 @@ Per task, on ``n`` generated pairs (the seed's, as a coupling run draws them):
   (:func:`introspect.evaluation.decide.precondition`, as the experiment measures it before
   training on another model's labels).
 
-Δ and the answers come from the plain reference forwards (:mod:`introspect.behaviour`), the
-definition of f that extraction is checked against. Writes ``stage0.json`` and ``stage0.md``.
+Δ and the answers come from the choices' log-probabilities in the engine's packed forwards
+(:func:`introspect.engine.continuations.continuation_logprobs`: each prompt once, its choices as
+branches, the LM head only on the positions read), which equal plain forwards
+(:mod:`introspect.behaviour`, the definition of f) within float32 rounding; a test compares them.
+Writes ``stage0.json`` and ``stage0.md``.
 """
 
 from __future__ import annotations
@@ -35,22 +38,22 @@ __all__ = ["argmax_changes", "run_stage0", "surface_features", "surface_r2"]
 _MAX_LEVELS = 10
 
 
-def _logps(model, tok, pairs, batch_size: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _logps(
+    model, tok, pairs, batch_tokens: int = 2048
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """log p(choice) of every choice on x and on x' of every pair."""
     import torch
 
-    from introspect.behaviour import choice_logprobs, encode
+    from introspect.behaviour import encode
+    from introspect.engine.continuations import continuation_logprobs
 
-    xs, mods = [], []
+    enc = [e for p in pairs for e in (encode(tok, p.x, p.choices), encode(tok, p.x_mod, p.choices))]
     with torch.no_grad():
-        for lo in range(0, len(pairs), batch_size // 2 or 1):
-            chunk = pairs[lo : lo + (batch_size // 2 or 1)]
-            enc = [e for p in chunk for e in (encode(tok, p.x, p.choices),
-                                               encode(tok, p.x_mod, p.choices))]  # fmt: skip
-            got = choice_logprobs(model, enc, batch_size=batch_size)
-            xs += [g.numpy() for g in got[0::2]]
-            mods += [g.numpy() for g in got[1::2]]
-    return xs, mods
+        got = continuation_logprobs(
+            model, [e.prompt_ids for e in enc], [e.choice_ids for e in enc],
+            batch_tokens=batch_tokens,
+        )  # fmt: skip
+    return [g.numpy() for g in got[0::2]], [g.numpy() for g in got[1::2]]
 
 
 def _delta(pairs, xs, mods) -> np.ndarray:

@@ -13,6 +13,7 @@ __all__ = ["add_sweep_parsers"]
 def add_sweep_parsers(esub) -> None:
     _add_sweep_parser(esub)
     _add_map_parser(esub)
+    _add_publish_parser(esub)
     _add_stage0_parser(esub)
 
 
@@ -139,6 +140,33 @@ def _cmd_map(args: argparse.Namespace) -> int:
     )
     print(f"map: {out}/map.md")
     write_json_output(args.json, doc)
+    return 0
+
+
+def _add_publish_parser(esub) -> None:
+    p = esub.add_parser(
+        "publish",
+        help="copy a sweep's complete runs' small files (JSON, compressed predictions)",
+        description=(
+            "Copy the small files of a sweep's complete runs (config.json, state.json, the "
+            "report, and per evaluation metrics.jsonl, behaviour.jsonl and the predictions, "
+            "gzip-compressed) into DEST, which `introspect experiment map DEST` maps again "
+            "without the runs' weights. Runs not yet complete are left out; publishing again "
+            "adds the runs finished since."
+        ),
+        epilog=EXIT_CODES,
+    )
+    p.add_argument("sweep", metavar="SWEEP", help="the sweep directory")
+    p.add_argument("--to", required=True, metavar="DEST", help="the results folder")
+    add_json_argument(p, "the runs published and left out")
+    p.set_defaults(func=_cmd_publish)
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from introspect._args import write_json_output
+    from introspect.experiment.publish import publish_sweep
+
+    write_json_output(args.json, publish_sweep(args.sweep, args.to))
     return 0
 
 

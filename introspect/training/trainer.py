@@ -476,12 +476,25 @@ class Trainer:
             "target_logprob": outs.logp_t.mean(),
         }
 
+    def _check_finite(self, k: int, rows: np.ndarray, terms: dict[str, torch.Tensor]) -> None:
+        """A loss that is NaN or infinite stops training before the update (the model and the
+        last checkpoint stay as they were), naming the step, the terms and the pairs."""
+        bad = [name for name, t in terms.items() if not bool(torch.isfinite(t.detach()).all())]
+        if bad:
+            ids = [self.pairs[int(i)].id for i in rows]
+            raise TrainError(
+                f"step {k}: the loss is not finite ({', '.join(bad)}) on the minibatch of pairs "
+                f"{ids[:8]}{' ...' if len(ids) > 8 else ''}; nothing was updated (the last "
+                "checkpoint is kept): lower the learning rate or check these pairs"
+            )
+
     def step(self, k: int) -> dict[str, Any]:
         """Training step ``k`` (1-based): the losses on its minibatch, one optimizer update, and
         the log record (appended to the log and returned)."""
         t0 = time.perf_counter()
         rows = batch_rows(len(self.pairs), self.cfg.batch_size, k, self.cfg.seed)
         terms = self._losses(rows)
+        self._check_finite(k, rows, terms)
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.opt.step()

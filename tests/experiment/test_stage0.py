@@ -49,9 +49,10 @@ def test_stage0_reports_changes_r2_and_rho0(model_dir, tmp_path):  # noqa: F811
     lm = load_model(str(model_dir))
     tok, _ = with_chat_template(lm.tokenizer, "auto")
     for task, row in rows.items():
+        # Δ from packed forwards equals the plain forwards' within float32 rounding.
         delta = np.asarray(measure(lm.model, tok, generate(task, 24, seed=0)).delta)
-        assert row["delta_mean"] == pytest.approx(delta.mean(), abs=1e-9)
-        assert row["delta_sd"] == pytest.approx(delta.std(), abs=1e-9)
+        assert row["delta_mean"] == pytest.approx(delta.mean(), abs=1e-5)
+        assert row["delta_sd"] == pytest.approx(delta.std(), abs=1e-5)
         assert 0.0 <= row["argmax_change"] <= 1.0
         assert {"prompt_chars", "removed_chars", "n_choices"} <= set(row["features"])
         # The model as its own label model: ρ0 is 1; another model's is its Pearson r.

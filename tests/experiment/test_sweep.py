@@ -298,3 +298,20 @@ def test_map_of_a_real_sweep_reads_the_runs_own_numbers(reference_sweep, monkeyp
     assert {p["condition"] for p in nulls} == {"shuffled"}
     assert all(not n["enough"] for n in doc["null"])  # two shuffled runs: fewer than 3
     assert doc["endpoints"][0]["name"] == "probe high"
+
+
+def test_a_published_sweep_maps_to_the_same_numbers(reference_sweep, tmp_path):
+    from introspect.experiment import build_map, publish_sweep
+
+    out, _ = reference_sweep
+    dest = tmp_path / "published"
+    doc = publish_sweep(out, dest, say=lambda m: None)
+    assert doc["published"] == ["seed-0", "seed-1"] and not doc["left_out"]
+    assert not list(dest.rglob("*.safetensors")) and not list(dest.rglob("predictions.jsonl"))
+    assert list(dest.rglob("predictions.jsonl.gz"))
+    opts = dict(n_boot=50, null_min_runs=2, say=lambda m: None)
+    here = build_map([out], tmp_path / "m1", **opts)
+    there = build_map([dest], tmp_path / "m2", **opts)
+    assert here["cells"] and here["cells"] == there["cells"]
+    assert here["null"] == there["null"] and here["endpoints"] == there["endpoints"]
+    assert not there["metrics_mismatches"] and not there["skipped"]
