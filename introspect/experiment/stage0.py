@@ -19,7 +19,8 @@ Per task, on ``n`` generated pairs (the seed's, as a coupling run draws them):
 (:func:`introspect.engine.continuations.continuation_logprobs`: each prompt once, its choices as
 branches, the LM head only on the positions read), which equal plain forwards
 (:mod:`introspect.behaviour`, the definition of f) within float32 rounding; a test compares them.
-Writes ``stage0.json`` and ``stage0.md``.
+Writes ``stage0.json``, ``stage0.md`` and ``stage0_values.jsonl.gz`` (every pair's choice
+log-probabilities, from which :func:`stage0_row` recomputes each row without a model).
 """
 
 from __future__ import annotations
@@ -33,9 +34,17 @@ import numpy as np
 from introspect._io import write_json_atomic
 from introspect._progress import say_stderr
 
-__all__ = ["argmax_changes", "run_stage0", "surface_features", "surface_r2"]
+__all__ = [
+    "argmax_changes",
+    "recompute_rows",
+    "run_stage0",
+    "stage0_row",
+    "surface_features",
+    "surface_r2",
+]
 
 _MAX_LEVELS = 10
+VALUES = "stage0_values.jsonl.gz"
 
 
 def _logps(
@@ -131,14 +140,12 @@ def _r2(v: float | None) -> str:
     return "undefined" if v is None else f"{v:+.3f}"
 
 
-def _task_stage0(task, lm, labellers, cfg, say) -> dict[str, Any]:
-    from introspect.data.tasks import generate
+def stage0_row(task, pairs, tok, xs, mods, others, cfg) -> dict[str, Any]:
+    """The Stage 0 row of ``task`` from the choices' log-probabilities (``xs``, ``mods``: per
+    pair, on x and on x'; ``others``: ``{label model: (xs, mods)}``); no model is run, so the
+    committed values reproduce every published number."""
     from introspect.evaluation.decide import precondition
-    from introspect.models import with_chat_template
 
-    pairs = generate(task, cfg["n"], seed=cfg["seed"])
-    tok, _ = with_chat_template(lm.tokenizer, "auto")
-    xs, mods = _logps(lm.model, tok, pairs)
     delta = _delta(pairs, xs, mods)
     x, names = surface_features(pairs, tok)
     row = {
@@ -152,15 +159,70 @@ def _task_stage0(task, lm, labellers, cfg, say) -> dict[str, Any]:
         "features": names,
         "rho0": {},
     }
-    say(f"  {task}: argmax changes {row['argmax_change']:.3f}, surface R² {_r2(row['surface_r2'])}")
+    for name, (oxs, omods) in others.items():
+        row["rho0"][name] = precondition(
+            delta, _delta(pairs, oxs, omods), threshold=cfg["rho_threshold"],
+            n_boot=cfg["n_boot"], seed=cfg["seed"],
+        )  # fmt: skip
+    return row
+
+
+def recompute_rows(folder: str | Path, tokenizer) -> list[dict[str, Any]]:
+    """The rows of ``folder/stage0.json`` recomputed from ``folder/stage0_values.jsonl.gz``
+    and the task generators (``tokenizer``: the studied model's, for the token counts); no
+    model is run."""
+    import json
+
+    from introspect.data.tasks import generate
+    from introspect.evaluation import read_jsonl
+    from introspect.models import with_chat_template
+
+    folder = Path(folder)
+    doc = json.loads((folder / "stage0.json").read_text(encoding="utf-8"))
+    cfg = doc["config"]
+    values = read_jsonl(folder / VALUES)
+    tok, _ = with_chat_template(tokenizer, "auto")
+    rows = []
+    for task in cfg["tasks"]:
+        pairs = generate(task, cfg["n"], seed=cfg["seed"])
+        recs = {r["id"]: r for r in values if r["task"] == task}
+        per = [recs[p.id] for p in pairs]
+        xs = [np.asarray(r["logp_x"]) for r in per]
+        mods = [np.asarray(r["logp_mod"]) for r in per]
+        others = {m: ([np.asarray(r["other"][m]["logp_x"]) for r in per],
+                      [np.asarray(r["other"][m]["logp_mod"]) for r in per])
+                  for m in cfg["label_models"]}  # fmt: skip
+        rows.append(stage0_row(task, pairs, tok, xs, mods, others, cfg))
+    return json.loads(json.dumps(rows))
+
+
+def _values(task, pairs, xs, mods, others) -> list[dict[str, Any]]:
+    """Per pair, the log-probabilities a row is computed from (``stage0_values.jsonl.gz``)."""
+    out = []
+    for i, p in enumerate(pairs):
+        rec = {"task": task, "id": p.id, "logp_x": xs[i].tolist(), "logp_mod": mods[i].tolist()}
+        rec["other"] = {m: {"logp_x": o[0][i].tolist(), "logp_mod": o[1][i].tolist()}
+                        for m, o in others.items()}  # fmt: skip
+        out.append(rec)
+    return out
+
+
+def _task_stage0(task, lm, labellers, cfg, say) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from introspect.data.tasks import generate
+    from introspect.models import with_chat_template
+
+    pairs = generate(task, cfg["n"], seed=cfg["seed"])
+    tok, _ = with_chat_template(lm.tokenizer, "auto")
+    xs, mods = _logps(lm.model, tok, pairs)
+    others = {}
     for name, other in labellers:
         otok, _ = with_chat_template(other.tokenizer, "auto")
-        d_other = _delta(pairs, *_logps(other.model, otok, pairs))
-        pre = precondition(delta, d_other, threshold=cfg["rho_threshold"], n_boot=cfg["n_boot"],
-                           seed=cfg["seed"])  # fmt: skip
-        row["rho0"][name] = pre
+        others[name] = _logps(other.model, otok, pairs)
+    row = stage0_row(task, pairs, tok, xs, mods, others, cfg)
+    say(f"  {task}: argmax changes {row['argmax_change']:.3f}, surface R² {_r2(row['surface_r2'])}")
+    for name, pre in row["rho0"].items():
         say(f"  {task}: ρ0 of {name}: {pre['text']}")
-    return row
+    return row, _values(task, pairs, xs, mods, others)
 
 
 def run_stage0(
@@ -185,13 +247,25 @@ def run_stage0(
     labellers = [(m, load_model(m, dtype="float32", device=dev)) for m in label_models]
     cfg = {"model": model, "tasks": list(tasks), "label_models": list(label_models), "n": n,
            "seed": seed, "n_boot": n_boot, "rho_threshold": rho_threshold}  # fmt: skip
-    rows = [_task_stage0(t, lm, labellers, cfg, say) for t in tasks]
-    doc = {"config": cfg, "tasks": rows}
+    done = [_task_stage0(t, lm, labellers, cfg, say) for t in tasks]
+    doc = {"config": cfg, "tasks": [row for row, _ in done]}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _write_values(out / VALUES, [v for _, values in done for v in values])
     write_json_atomic(out / "stage0.json", doc)
     _write_md(doc, out / "stage0.md")
     return doc
+
+
+def _write_values(path: Path, records: list[dict[str, Any]]) -> None:
+    import gzip
+    import json
+
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+    tmp.replace(path)
 
 
 def _rho0_text(p: dict[str, Any]) -> str:

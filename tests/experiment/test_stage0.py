@@ -59,5 +59,9 @@ def test_stage0_reports_changes_r2_and_rho0(model_dir, tmp_path):  # noqa: F811
         assert row["rho0"][str(model_dir)]["rho"] == pytest.approx(1.0)
         assert row["rho0"][str(model_dir)]["met"]
         assert -1.0 <= row["rho0"][str(other)]["rho"] < 0.999
+    # Every row is recomputed, without a model, from the values written beside it.
+    from introspect.experiment.stage0 import recompute_rows
+
+    assert recompute_rows(out, lm.tokenizer) == doc["tasks"]
     md = (out / "stage0.md").read_text()
     assert "| sycophancy | 24 |" in md and f"ρ0 {other}" in md
