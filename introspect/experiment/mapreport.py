@@ -10,7 +10,7 @@ import numpy as np
 
 from introspect.experiment.mapstats import imitator_gap, tracker_gap
 
-__all__ = ["write_figures", "write_markdown"]
+__all__ = ["endpoint_lines", "write_figures", "write_markdown"]
 
 _COLOURS = {
     "concurrent": "tab:blue",
@@ -133,7 +133,7 @@ def _p(v: float | None) -> str:
     return "–" if v is None else f"{v:.4f}"
 
 
-def _endpoint_lines(doc: dict[str, Any]) -> list[str]:
+def endpoint_lines(doc: dict[str, Any]) -> list[str]:
     o = doc["options"]
     lines = [
         "## Endpoints (declared before the runs)",
@@ -172,7 +172,7 @@ def write_markdown(doc: dict[str, Any], path: Path) -> Path:
         "number is recomputed from the runs' predictions. A cell of fewer than 3 seeds has a "
         "seed level with little to resample: its interval is too narrow.",
         "",
-        *_endpoint_lines(doc),
+        *endpoint_lines(doc),
         "",
         "## Figures",
         "",

@@ -39,6 +39,7 @@ __all__ = [
     "recompute_rows",
     "run_stage0",
     "stage0_row",
+    "stage0_table",
     "surface_features",
     "surface_r2",
 ]
@@ -277,14 +278,10 @@ def _rho0_text(p: dict[str, Any]) -> str:
     return f"{p['rho']:+.3f} [{p['lo']:+.2f}, {p['hi']:+.2f}] ({met})"
 
 
-def _write_md(doc: dict[str, Any], path: Path) -> None:
+def stage0_table(doc: dict[str, Any]) -> list[str]:
+    """The Markdown table of ``stage0.json``'s rows (as ``stage0.md`` and the docs show it)."""
     c = doc["config"]
     lines = [
-        "# Stage 0: the tasks before training",
-        "",
-        f"Model {c['model']}, {c['n']} pairs per task (seed {c['seed']}). Surface R²: "
-        "out-of-fold R² of ridge on surface features (with and without the meta fields).",
-        "",
         "| task | pairs | argmax changes | mean Δ | sd Δ | surface R² | R² without meta | "
         + " | ".join(f"ρ0 {m}" for m in c["label_models"])
         + " |",
@@ -299,4 +296,17 @@ def _write_md(doc: dict[str, Any], path: Path) -> None:
             + " | ".join(cells)
             + (" |" if cells else "")
         )
+    return lines
+
+
+def _write_md(doc: dict[str, Any], path: Path) -> None:
+    c = doc["config"]
+    lines = [
+        "# Stage 0: the tasks before training",
+        "",
+        f"Model {c['model']}, {c['n']} pairs per task (seed {c['seed']}). Surface R²: "
+        "out-of-fold R² of ridge on surface features (with and without the meta fields).",
+        "",
+        *stage0_table(doc),
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
