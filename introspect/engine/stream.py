@@ -49,6 +49,7 @@ class ExtractConfig:
     prefix_cache: bool = True
     head: str = "reads"
     attention: str = "auto"  # "mask", "paired" (segment kernel, no dense mask), "auto"
+    fused: bool = True  # fused CPU kernels in a Llama-family forward (engine/fused.py)
 
     def __post_init__(self):
         if self.behaviour not in (*BEHAVIOURS, "none"):
@@ -212,6 +213,7 @@ class _Batcher:
             span=self.want_span,
             autocast=self.autocast,
             attention=resolve_attention(self.model, config.attention, layout, self.autocast),
+            fused=config.fused,
         )
         ids, f_x, f_mod, rows_x, rows_mod = self._values(buf, res)
         skips = packed.skips or [0] * len(items)
