@@ -36,6 +36,22 @@ INTROSPECT_INLINE vfloat round_bf16(vfloat v) {
   return v;
 }
 
+// kLanes bfloat16 values as float32 lanes: each value becomes the upper half of its lane
+// (one interleave with zeros, where a widening conversion would take several instructions).
+typedef uint16_t vhalves __attribute__((vector_size(2 * kLanes * sizeof(uint16_t))));
+static_assert(kLanes == 16, "the interleaves below are written out for 16 lanes");
+
+INTROSPECT_INLINE vfloat load_bf16(const bf16* p) {
+  vbf16 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const vhalves w = __builtin_shufflevector(vbf16{}, h, 0, 16, 0, 17, 0, 18, 0, 19, 0, 20, 0, 21,
+                                            0, 22, 0, 23, 0, 24, 0, 25, 0, 26, 0, 27, 0, 28, 0,
+                                            29, 0, 30, 0, 31);
+  vfloat v;
+  __builtin_memcpy(&v, &w, sizeof(v));
+  return v;
+}
+
 // v rounded to T's precision (float: unchanged).
 template <typename T>
 INTROSPECT_INLINE vfloat round_to(vfloat v) {
@@ -49,7 +65,11 @@ INTROSPECT_INLINE vfloat round_to(vfloat v) {
 template <typename T>
 INTROSPECT_INLINE void store_as(T* p, vfloat v) {
   if constexpr (sizeof(T) == 2) {
-    const vbf16 h = __builtin_convertvector(bf16_bits(v) >> 16, vbf16);
+    const vuint bits = bf16_bits(v);
+    vhalves w;
+    __builtin_memcpy(&w, &bits, sizeof(w));
+    const vbf16 h = __builtin_shufflevector(w, w, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25,
+                                            27, 29, 31);
     __builtin_memcpy(p, &h, sizeof(h));
   } else {
     store(p, v);
@@ -58,11 +78,20 @@ INTROSPECT_INLINE void store_as(T* p, vfloat v) {
 
 // The first m (≤ kLanes) values at p as lanes, the rest zero; and the store of the first m.
 template <typename T>
+INTROSPECT_INLINE vfloat load_as(const T* p) {
+  if constexpr (sizeof(T) == 2) {
+    return load_bf16(p);
+  } else {
+    return load(p);
+  }
+}
+
+template <typename T>
 INTROSPECT_INLINE vfloat get(const T* p, long m) {
-  if (m == kLanes) return load(p);
+  if (m == kLanes) return load_as(p);
   T buf[kLanes] = {};
   for (long i = 0; i < m; ++i) buf[i] = p[i];
-  return load(buf);
+  return load_as(buf);
 }
 
 template <typename T>
@@ -71,6 +100,15 @@ INTROSPECT_INLINE void put(T* p, long m, vfloat v) {
   T buf[kLanes];
   store_as(buf, v);
   for (long i = 0; i < m; ++i) p[i] = buf[i];
+}
+
+// f(j, m) over a row of n values in blocks of m = kLanes, then one shorter block if n is not a
+// multiple of kLanes (full blocks see m as a constant, so their loads and stores are direct).
+template <typename F>
+INTROSPECT_INLINE void blocks(long n, F&& f) {
+  long j = 0;
+  for (; j + kLanes <= n; j += kLanes) f(j, kLanes);
+  if (j < n) f(j, n - j);
 }
 
 // e^x per lane (Cephes' expf: range reduction by ln 2 in two parts, degree-6 polynomial),
@@ -120,23 +158,21 @@ template <typename TX, typename TW, typename TY>
 INTROSPECT_INLINE void rms_row(const TX* x, const TX* res, const TW* w, float eps, long n, TY* y,
                                TX* s) {
   vfloat acc = {};
-  for (long j = 0; j < n; j += kLanes) {
-    const long m = std::min(kLanes, n - j);
+  blocks(n, [&](long j, long m) __attribute__((always_inline)) {
     vfloat v = get(x + j, m);
     if (res != nullptr) {
       v = round_to<TX>(v + get(res + j, m));
       put(s + j, m, v);
     }
     acc += v * v;
-  }
+  });
   const TX* src = res != nullptr ? s : x;
   const float mean = lane_sum(acc) / static_cast<float>(n);
   const float inv = 1.0f / std::sqrt(mean + eps);
-  for (long j = 0; j < n; j += kLanes) {
-    const long m = std::min(kLanes, n - j);
+  blocks(n, [&](long j, long m) __attribute__((always_inline)) {
     const vfloat h = round_to<TX>(get(src + j, m) * inv);
     put(y + j, m, get(w + j, m) * h);
-  }
+  });
 }
 
 template <typename TX, typename TW, typename TY>
@@ -180,12 +216,11 @@ INTROSPECT_INLINE void silu_rows(const SiluArgs& a, int64_t r0, int64_t r1) {
     const T* g = static_cast<const T*>(a.g) + i * a.sg;
     const T* u = static_cast<const T*>(a.u) + i * a.su;
     T* o = static_cast<T*>(a.o) + i * a.so;
-    for (long j = 0; j < a.n; j += kLanes) {
-      const long m = std::min(kLanes, a.n - j);
+    blocks(a.n, [&](long j, long m) __attribute__((always_inline)) {
       const vfloat gv = get(g + j, m);
       const vfloat silu = round_to<T>(gv / (1.0f + exp_lanes(-gv)));
       put(o + j, m, silu * get(u + j, m));
-    }
+    });
   }
 }
 
@@ -211,13 +246,12 @@ struct RopeArgs {
 template <typename TX, typename TC, typename TO>
 INTROSPECT_INLINE void rope_row(const TX* x, const TC* c, const TC* s, long D, TO* o) {
   const long half = D / 2;
-  for (long j = 0; j < half; j += kLanes) {
-    const long m = std::min(kLanes, half - j);
+  blocks(half, [&](long j, long m) __attribute__((always_inline)) {
     const vfloat a = get(x + j, m), b = get(x + half + j, m);
     put(o + j, m, round_to<TO>(a * get(c + j, m)) + round_to<TO>(-b * get(s + j, m)));
     put(o + half + j, m,
         round_to<TO>(b * get(c + half + j, m)) + round_to<TO>(a * get(s + half + j, m)));
-  }
+  });
 }
 
 // Rows are numbered over q's B·H·S rows, then k's.

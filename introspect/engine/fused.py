@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -104,9 +105,22 @@ class FusedPlan:
     rotary: list[ModuleType] = field(default_factory=list)
 
 
+# model -> (its modules' identities, its plan): the probes run their matrix products once per
+# model, not once per forward. A module replaced since makes a new plan.
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def fused_plan(model) -> FusedPlan | None:
     """What :func:`fused_kernels` would swap in ``model``, or ``None`` if it is not a
     Llama-family model (see the module docstring)."""
+    key = tuple(map(id, model.modules()))
+    known = _PLANS.get(model)
+    if known is None or known[0] != key:
+        known = _PLANS[model] = (key, _make_plan(model))
+    return known[1]
+
+
+def _make_plan(model) -> FusedPlan | None:
     try:
         layers, base = decoder_layers(model), _base(model)
     except ValueError:

@@ -10,7 +10,8 @@ broadcast over the heads), for q and k in one call.
 The ``reference`` backend is those PyTorch formulas. The ``cpp`` backend (CPU, float32 and
 bfloat16) makes one pass over each row instead of one per PyTorch op, and rounds exactly where
 the formulas round; it has no backward, so ``auto`` takes it only when autograd will not need
-one (grad disabled, or no input requiring grad) and falls back to the reference otherwise.
+one (grad disabled, or no input requiring grad) and falls back to the reference otherwise
+(``auto`` also keeps the reference for bfloat16 ``silu_mul``, where torch's silu is faster).
 """
 
 from __future__ import annotations
@@ -171,6 +172,13 @@ def _(gate, up):
 )
 def silu_mul_cpp(gate, up):
     return _silu_op(gate, up)
+
+
+# In bfloat16, torch's own silu (its exp fused with multiply-adds) outruns this kernel's on the
+# CPUs measured (benchmarks/bench_kernels.py, silu_mul rows): auto keeps the reference there.
+_registry.set_auto_order(
+    SILU_MUL, lambda device, dtype: ("reference",) if dtype == torch.bfloat16 else None
+)
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:

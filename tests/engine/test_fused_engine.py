@@ -51,6 +51,16 @@ def test_plan_takes_llama_family_models_only():
     assert fused_plan(tiny_gpt2()) is None  # LayerNorm, GELU MLP, no rotary
 
 
+def test_plan_follows_replaced_modules():
+    model = _llama()
+    assert len(fused_plan(model).mlps) == 3
+    model.model.layers[1].mlp.act_fn = torch.nn.GELU()  # no longer silu(gate) * up
+    plan = fused_plan(model)
+    assert len(plan.mlps) == 2 and model.model.layers[1].mlp not in plan.mlps
+    model.model.layers[0].input_layernorm = torch.nn.LayerNorm(64)
+    assert fused_plan(model) is None
+
+
 @pytest.mark.parametrize("make", [_llama, tiny_qwen2], ids=["llama", "qwen2"])
 def test_fused_engine_matches_unfused_and_plain_forwards(monkeypatch, make):
     model, tok = make(), tiny_tokenizer()

@@ -263,6 +263,8 @@ def test_silu_and_rope_fall_back_under_autograd(monkeypatch):
     assert not silu_calls and not rope_calls and g.grad is not None and q.grad is not None
     silu_mul(g.detach(), u), rope(q.detach(), k, cos, sin)
     assert silu_calls and rope_calls
+    silu_mul(g.detach().bfloat16(), u.bfloat16())  # auto prefers torch's silu in bfloat16
+    assert len(silu_calls) == 1
 
 
 def test_unsupported_inputs_fall_back_or_raise():
