@@ -253,7 +253,7 @@ class Extraction:
         pair, then every sequence on its own (still exact, slower)."""
         if not (self.auto_layout and head):
             return
-        why = check_tree_layout(self.lm.model, self.tokenizer, head[0])
+        why = check_tree_layout(self.lm.model, self.tokenizer, head[0], fused=self.config.fused)
         if why is not None:
             self.say(
                 f"warning: {self.model_id}: {why}; running every sequence on its own "

@@ -352,10 +352,13 @@ def _attention_for_stream(model, config: ExtractConfig, autocast, sliding: bool)
             model.set_attn_implementation(previous)
 
 
-def check_tree_layout(model, tokenizer, pair: Pair, *, atol: float = 1e-4) -> str | None:
+def check_tree_layout(
+    model, tokenizer, pair: Pair, *, atol: float = 1e-4, fused: bool = True
+) -> str | None:
     """``None`` if ``model`` honours the packed 4D mask (the ``tree`` layout gives the same
     log-probabilities as running each sequence on its own on ``pair``), else why not."""
-    config = ExtractConfig(behaviour="logprob", prefix_cache=False)  # any number of choices
+    # logprob: any number of choices
+    config = ExtractConfig(behaviour="logprob", prefix_cache=False, fused=fused)
     try:
         tree = next(iter(extract_pairs(model, tokenizer, [pair], config)))
     except Exception as exc:  # an attention implementation that rejects the mask
