@@ -76,7 +76,6 @@ INTROSPECT_INLINE void store_as(T* p, vfloat v) {
   }
 }
 
-// The first m (≤ kLanes) values at p as lanes, the rest zero; and the store of the first m.
 template <typename T>
 INTROSPECT_INLINE vfloat load_as(const T* p) {
   if constexpr (sizeof(T) == 2) {
@@ -86,6 +85,7 @@ INTROSPECT_INLINE vfloat load_as(const T* p) {
   }
 }
 
+// The first m (≤ kLanes) values at p as lanes, the rest zero; and the store of the first m.
 template <typename T>
 INTROSPECT_INLINE vfloat get(const T* p, long m) {
   if (m == kLanes) return load_as(p);
