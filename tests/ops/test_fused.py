@@ -15,6 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 from asserts import assert_close
+from hypothesis import given
+from hypothesis import strategies as st
 
 from introspect.ops import (
     BackendUnavailableError,
@@ -201,6 +203,29 @@ def test_rope_catches_a_swapped_half():
     wrong = q * cos.unsqueeze(1) + swapped(q) * sin.unsqueeze(1)
     with pytest.raises(AssertionError, match="differ beyond"):
         assert_close(qa, wrong, atol=0.0, rtol=2e-6)
+
+
+@given(
+    rows=st.integers(1, 40),
+    n=st.integers(1, 200),
+    pad=st.integers(0, 17),
+    scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_row_strided_inputs(rows, n, pad, scale, dtype, seed):
+    """Any width, row count, magnitude and row stride (views of wider rows)."""
+
+    def view(s):
+        return _randn(rows, n + pad, dtype=dtype, seed=seed + s, scale=scale)[:, :n]
+
+    x, res, w = view(0), view(1), (_randn(n, seed=seed) + 1).to(dtype)
+    got, want = rms_norm(x, w, EPS, res, backend="cpp"), rms_norm_reference(x, w, EPS, res)
+    assert torch.equal(got[1], want[1])
+    _check(got[0], want[0], dtype, rtol=2e-6, ulps=1, name="rms_norm")
+    g, u = view(2), view(3)
+    _check(silu_mul(g, u, backend="cpp"), silu_mul_reference(g, u), dtype, rtol=2e-6, ulps=1,
+           name="silu_mul")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- threads, registry
