@@ -120,12 +120,24 @@ def fused_plan(model) -> FusedPlan | None:
     return known[1]
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """The probes' small matrix products on one thread: with busy cores, each parallel region
+    of a small op can wait milliseconds for a second thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _make_plan(model) -> FusedPlan | None:
     try:
         layers, base = decoder_layers(model), _base(model)
     except ValueError:
         return None
-    with torch.inference_mode():
+    with torch.inference_mode(), _one_thread():
         for layer in layers:
             for name in ("input_layernorm", "post_attention_layernorm"):
                 norm = getattr(layer, name, None)

@@ -41,7 +41,13 @@ def _count_calls(monkeypatch) -> dict:
 
 
 def test_plan_takes_llama_family_models_only():
-    plan = fused_plan(_llama())
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plan = fused_plan(_llama())  # probes on one thread, then the count is restored
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     assert plan is not None
     assert len(plan.norms) == 2 * 3 + 1 and len(plan.mlps) == 3
     assert [m.__name__ for m in plan.rotary] == ["transformers.models.llama.modeling_llama"]
