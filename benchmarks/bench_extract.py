@@ -191,6 +191,7 @@ ABLATIONS = {
     "no prefix trie": {"layout": "paths"},
     "one pair per row": {"share_rows": False},
     "full-vocab head": {"head": "full"},
+    "no fused kernels": {"fused": False},
 }
 PRECISION_MODES = ("autocast-fp16", "autocast-bf16", "bfloat16")
 # The GEMM ceiling each precision mode is measured against (its matrix products' dtype).

@@ -8,6 +8,11 @@ call, each measured in a fresh process: Linux ``/proc/self/clear_refs``), their 
 GFLOP/s against the measured fp32 GEMM rate. The naive path under ``torch.compile`` is added
 when it compiles within the time limit (otherwise the row says why it was skipped).
 
+The fused elementwise ops of a Llama-family forward (rms_norm with and without the residual add,
+silu_mul, rope), reference (the PyTorch formulas) against cpp at SmolLM2's shapes (T=2048
+tokens, hidden 576, intermediate 1536, 9 query / 3 key-value heads of 64), float32 and
+bfloat16: median time, speed-up and the fraction of read bandwidth their bytes moved reach.
+
 On a GPU (when present): each native backend (cuda, triton) against the PyTorch equivalent
 (full logits in float32 + log_softmax), float32 and bfloat16, with TFLOP/s and peak memory.
 
@@ -32,11 +37,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 
-from introspect.ops import available_backends, choice_logprobs
+from introspect.ops import available_backends, choice_logprobs, rms_norm, rope, silu_mul
 
 FULL = {"M": 4096, "V": 49152, "D": 576, "C": 4}
 QUICK = {"M": 512, "V": 8192, "D": 576, "C": 4}
 COMPILE_TIMEOUT_S = 600
+# SmolLM2-135M: tokens per forward, hidden, intermediate, query / key-value heads, head dim.
+FUSED = {"T": 2048, "H": 576, "I": 1536, "Hq": 9, "Hk": 3, "D": 64}
+FUSED_QUICK = {**FUSED, "T": 256}
 
 
 def _inputs(M: int, V: int, D: int, C: int, dtype=torch.float32, device="cpu", seed=0):
@@ -195,6 +203,70 @@ def cpu_rows(size: dict, rounds: int, gemm_gflops: float, read_gbps: float) -> l
     return rows
 
 
+# ------------------------------------------------------------------------ fused elementwise ops
+
+
+def _fused_cases(size: dict, dtype: torch.dtype) -> dict:
+    """op -> (call with a backend name, bytes it must read and write), on the layouts a Llama
+    forward hands them (q and k as ``view(1, T, heads, D).transpose(1, 2)``)."""
+    T, H, F, Hq, Hk, D = (size[k] for k in ("T", "H", "I", "Hq", "Hk", "D"))
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    x, res, w, gate, up = r(T, H), r(T, H), r(H) + 1, r(T, F) * 4, r(T, F)
+    q, k = r(1, T, Hq, D).transpose(1, 2), r(1, T, Hk, D).transpose(1, 2)
+    cos, sin = r(1, T, D), r(1, T, D)
+    e = x.element_size()
+    return {
+        "rms_norm": (lambda b: rms_norm(x, w, 1e-5, backend=b), e * (2 * T * H + H)),
+        "rms_norm+residual": (
+            lambda b: rms_norm(x, w, 1e-5, res, backend=b)[0],
+            e * (4 * T * H + H),
+        ),
+        "silu_mul": (lambda b: silu_mul(gate, up, backend=b), e * 3 * T * F),
+        "rope": (lambda b: rope(q, k, cos, sin, backend=b)[0], e * 2 * T * ((Hq + Hk) * D + D)),
+    }
+
+
+def fused_rows(size: dict, rounds: int, read_gbps: float) -> list[dict]:
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for op, (call, nbytes) in _fused_cases(size, dtype).items():
+            err = float((call("cpp").float() - call("reference").float()).abs().max())
+            fns = {b: lambda b=b, call=call: call(b) for b in ("reference", "cpp")}
+            timing = _interleaved(fns, rounds)
+            base = timing["reference"]["median_s"]
+            for variant, t in timing.items():
+                rows.append({
+                    "device": "cpu", "op": op, "variant": variant, **size,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "median_ms": t["median_s"] * 1e3, "p10_ms": t["p10_s"] * 1e3,
+                    "p90_ms": t["p90_s"] * 1e3, "repeats": t["repeats"],
+                    "speedup_vs_reference": base / t["median_s"],
+                    "fraction_of_read_bw": nbytes / t["median_s"] / 1e9 / read_gbps,
+                    "max_abs_diff_vs_reference": err if variant == "cpp" else None,
+                })  # fmt: skip
+    return rows
+
+
+def _fused_section(quick: bool, rounds: int, read_gbps: float) -> list[dict]:
+    size = FUSED_QUICK if quick else FUSED
+    if "cpp" not in available_backends("rms_norm"):
+        print("fused ops: skipped: no cpp backend")
+        return [{"device": "cpu", "op": "fused", "skipped": "no cpp backend"}]
+    shape = " ".join(f"{k}={v}" for k, v in size.items())
+    print(f"fused elementwise ops, CPU, {shape} ({rounds} rounds)", flush=True)
+    rows = fused_rows(size, rounds, read_gbps)
+    for r in rows:
+        diff = r["max_abs_diff_vs_reference"]
+        print(f"  {r['op']:<18} {r['dtype']:<9} {r['variant']:<10} {r['median_ms']:8.2f} ms  "
+              f"x{r['speedup_vs_reference']:.2f}  {r['fraction_of_read_bw']:.3f} of read bw"
+              + (f"  max|diff| {diff:.1e}" if diff is not None else ""), flush=True)  # fmt: skip
+    return rows
+
+
 # ------------------------------------------------------------------------ GPU section
 
 
@@ -301,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
               + (" (the target is for the full size; at this size one tile holds every logit)"
                  if args.quick else ""))  # fmt: skip
 
+    fused = _fused_section(args.quick, rounds, roof["memory_bandwidth"]["read_GBps"])
+
     if torch.cuda.is_available():
         print(f"GPU: {stamp['cuda_device']}")
         gpu = gpu_rows(size)
@@ -319,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": size,
             "memory_method": "VmHWM - VmRSS around one call in a fresh process "
                              "(/proc/self/clear_refs reset)"}  # fmt: skip
-    json_path, csv_path = harness.write_rows(name, rows, meta)
+    json_path, csv_path = harness.write_rows(name, rows + fused, meta)
     cpu = [r for r in rows if r["device"] == "cpu" and "skipped" not in r]
     labels = [r["variant"] for r in cpu]
     png = harness.bar_chart(

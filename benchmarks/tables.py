@@ -179,19 +179,35 @@ def _kernel_label(r: dict) -> str:
     return f"`{r['variant']}`"
 
 
+def _is_head_row(r: dict) -> bool:
+    return r.get("op", "choice_logprobs") == "choice_logprobs"
+
+
 def kernels(src: Source, names: list[str]) -> str:
-    """``bench_kernels.py``: ``choice_logprobs`` against the full-logits path (CPU, and GPU)."""
+    """``bench_kernels.py``: ``choice_logprobs`` against the full-logits path (CPU, and GPU),
+    and the fused elementwise ops against their PyTorch reference."""
     data = src.json(names[0])
     done = [r for r in data["rows"] if "skipped" not in r]
     cpu = [
         [_kernel_label(r), f"{r['median_ms']:.1f}", f"{r['speedup_vs_naive']:.2f}×",
          _f(r["peak_extra_MiB"], ".1f"), _f(r["memory_vs_naive"], ".3f"),
          f"{r['fraction_of_gemm_peak']:.2f}", _f(r.get("max_abs_diff_vs_naive"), ".1e")]
-        for r in done if r["device"] == "cpu"
+        for r in done if r["device"] == "cpu" and _is_head_row(r)
     ]  # fmt: skip
     head = ["variant", "median ms", "speed vs naive", "peak extra memory (MiB)",
             "memory vs naive", "of fp32 GEMM", "max |diff| vs naive"]  # fmt: skip
     out = [md_table(head, cpu, "-rrrrrr")]
+    fused = [
+        [f"`{r['op']}`", r["dtype"], f"`{r['variant']}`", f"{r['median_ms']:.2f}",
+         f"{r['speedup_vs_reference']:.2f}×", f"{r['fraction_of_read_bw']:.2f}",
+         _f(r.get("max_abs_diff_vs_reference"), ".1e")]
+        for r in done if not _is_head_row(r)
+    ]  # fmt: skip
+    if fused:
+        head = ["op", "dtype", "backend", "median ms", "speed vs reference", "of read bw",
+                "max |diff| vs reference"]  # fmt: skip
+        note = "Fused elementwise ops of a Llama-family forward against the PyTorch formulas:"
+        out.append(note + "\n\n" + md_table(head, fused, "---rrrr"))
     gpu = [
         [r["dtype"], f"`{r['variant']}`", f"{r['median_ms']:.3f}", f"{r['TFLOPs']:.1f}",
          f"{r['speedup_vs_naive']:.2f}×", f"{r['peak_extra_MiB']:.1f}",

@@ -6,9 +6,11 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "common.h"
 #include "delta_probe.h"
+#include "fused.h"
 #include "pearson.h"
 #ifdef INTROSPECT_WITH_CUDA
 #include "choice_logprobs_cuda.h"
@@ -59,7 +61,8 @@ py::dict build_info() {
   return info;
 }
 
-// The CPU kernels: delta_probe_{fwd,bwd}_cpu and pearson_partials_cpu.
+// The CPU kernels: delta_probe_{fwd,bwd}_cpu, pearson_partials_cpu and the fused elementwise
+// kernels (bind_fused).
 void bind_cpu(py::module_& m) {
   m.def(
       "delta_probe_fwd_cpu",
@@ -95,6 +98,49 @@ void bind_cpu(py::module_& m) {
                                           as_ptr<const void>(y), sy, N, K,
                                           as_ptr<int64_t>(counts), as_ptr<double>(stats),
                                           threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
+}
+
+// rms_norm_cpu, silu_mul_cpu, rope_cpu (csrc/fused.h). A residual or s address of 0 means none.
+void bind_fused(py::module_& m) {
+  m.def(
+      "rms_norm_cpu",
+      [](int x_dtype, uintptr_t x, int64_t sx, uintptr_t residual, int64_t sr, int w_dtype,
+         uintptr_t w, float eps, int64_t rows, int64_t n, uintptr_t y, int64_t sy, uintptr_t s,
+         int64_t ss, int threads) {
+        introspect::cpu::rms_norm(as_dtype(x_dtype), as_ptr<const void>(x), sx,
+                                  as_ptr<const void>(residual), sr, as_dtype(w_dtype),
+                                  as_ptr<const void>(w), eps, rows, n, as_ptr<void>(y), sy,
+                                  as_ptr<void>(s), ss, threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "silu_mul_cpu",
+      [](int dtype, uintptr_t g, int64_t sg, uintptr_t u, int64_t su, int64_t rows, int64_t n,
+         uintptr_t out, int64_t so, int threads) {
+        introspect::cpu::silu_mul(as_dtype(dtype), as_ptr<const void>(g), sg,
+                                  as_ptr<const void>(u), su, rows, n, as_ptr<void>(out), so,
+                                  threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  // q and k: (address, H, strides b, h, s, out address, out strides b, h, s).
+  using RopeArg = std::tuple<uintptr_t, int64_t, int64_t, int64_t, int64_t, uintptr_t, int64_t,
+                             int64_t, int64_t>;
+  m.def(
+      "rope_cpu",
+      [](int x_dtype, int cs_dtype, const RopeArg& q, const RopeArg& k, uintptr_t cos,
+         int64_t cb, int64_t cs, uintptr_t sin, int64_t sb, int64_t ss, int64_t B, int64_t S,
+         int64_t D, int threads) {
+        const auto tensor = [](const RopeArg& t) {
+          return introspect::cpu::RopeTensor{
+              as_ptr<const void>(std::get<0>(t)), std::get<1>(t), std::get<2>(t),
+              std::get<3>(t), std::get<4>(t), as_ptr<void>(std::get<5>(t)), std::get<6>(t),
+              std::get<7>(t), std::get<8>(t)};
+        };
+        introspect::cpu::rope(as_dtype(x_dtype), as_dtype(cs_dtype), tensor(q), tensor(k),
+                              as_ptr<const void>(cos), cb, cs, as_ptr<const void>(sin), sb, ss,
+                              B, S, D, threads);
       },
       py::call_guard<py::gil_scoped_release>());
 }
@@ -178,6 +224,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("ABI_VERSION") = introspect::kAbiVersion;
   m.def("build_info", &build_info, "What this extension was built with.");
   bind_cpu(m);
+  bind_fused(m);
 #ifdef INTROSPECT_WITH_CUDA
   bind_cuda(m);
 #endif

@@ -50,6 +50,23 @@ def test_summary_names_the_ceiling_of_each_rows_dtype():
     assert out[0]["value"].startswith("2.00×")
 
 
+def test_summary_lists_the_fused_ops_against_their_reference():
+    rows = [
+        {"device": "cpu", "op": "choice_logprobs", "variant": "reference", "M": 4, "V": 8,
+         "speedup_vs_naive": 1.5, "memory_vs_naive": 0.25, "fraction_of_gemm_peak": 0.3},
+        {"device": "cpu", "op": "silu_mul", "variant": "reference", "T": 256, "dtype": "float32",
+         "speedup_vs_reference": 1.0, "fraction_of_read_bw": 0.2},
+        {"device": "cpu", "op": "silu_mul", "variant": "cpp", "T": 256, "dtype": "float32",
+         "speedup_vs_reference": 1.7, "fraction_of_read_bw": 0.34},
+    ]  # fmt: skip
+    out = summary.lines("kernels_quick", {"meta": {}, "rows": rows})
+    assert [o["what"] for o in out] == [
+        "choice_logprobs reference M=4 V=8: vs naive",
+        "silu_mul cpp float32 T=256: vs reference",
+    ]
+    assert out[1]["value"] == "1.70×" and out[1]["ceiling"] == "0.34 of read bw"
+
+
 def test_summary_writes_markdown(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(harness, "RESULTS", tmp_path)
     harness.write_rows("kernels_t", [{"device": "cpu", "variant": "reference", "M": 4, "V": 8,

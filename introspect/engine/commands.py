@@ -125,6 +125,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         model_id=args.model,
         progress=True,
         say=say,
+        fused=not args.no_fused_kernels,
     )
     try:
         stats = job.run()
@@ -220,6 +221,14 @@ def _add_engine_options(ext: argparse.ArgumentParser) -> None:
         help=(
             "do not compute the prefix common to the pairs (system prompt, few-shot block) once "
             "and reuse its keys and values"
+        ),
+    )
+    ext.add_argument(
+        "--no-fused-kernels",
+        action="store_true",
+        help=(
+            "run a Llama-family model's norms, MLP activation and rotary embedding as its own "
+            "modules do, not through the fused CPU kernels"
         ),
     )
     ext.add_argument("--row-tokens", type=int, default=256, help="positions per packed row")

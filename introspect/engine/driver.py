@@ -203,6 +203,7 @@ class Extraction:
         model_id: str | None,
         progress: bool | Callable[[str], None],
         say: Callable[[str], None],
+        fused: bool = True,
     ) -> None:
         from introspect.layers import parse_layers
         from introspect.models import load_model, resolve_device, with_chat_template
@@ -242,6 +243,7 @@ class Extraction:
                 layout="tree" if layout == "auto" else layout,
                 prefix_cache=prefix_cache,
                 attention=attention,
+                fused=fused,
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -253,8 +255,8 @@ class Extraction:
             return
         from introspect.engine.layout import tree_layout_problem
 
-        model = self.lm.model
-        why = tree_layout_problem(model, lambda: check_tree_layout(model, self.tokenizer, head[0]))
+        model, tok, fused = self.lm.model, self.tokenizer, self.config.fused
+        why = tree_layout_problem(model, lambda: check_tree_layout(model, tok, head[0], fused=fused))
         if why is not None:
             self.say(
                 f"warning: {self.model_id}: {why}; running every sequence on its own "
@@ -417,6 +419,7 @@ def extract(
     layout: str = "auto",
     attention: str = "auto",
     prefix_cache: bool = True,
+    fused: bool = True,
     resume: bool = False,
     on_error: str = "fail",
     row_tokens: int = 256,
@@ -444,6 +447,7 @@ def extract(
     (``"float32"`` is exact; a reduced precision has its fidelity measured on the first
     ``calibrate`` pairs and recorded), ``layout`` (``"auto"`` checks the packed tree on the
     first pair), ``attention`` (``"auto"``, ``"mask"``, ``"paired"``), ``prefix_cache``,
+    ``fused`` (the fused CPU kernels in a Llama-family forward; off: the model's own modules),
     ``resume`` (continue a killed run), ``on_error`` (``"fail"`` or ``"skip"``: skipped rows are
     listed in the manifest), ``row_tokens``, ``batch_tokens``, ``shard_rows``,
     ``chat_template`` (``"model"``, ``"plain"``, ``"auto"``). Under ``torchrun`` each process
@@ -489,6 +493,7 @@ def extract(
         model_id=model_id,
         progress=progress,
         say=say,
+        fused=fused,
     )
     job.run()
     return open_run(out)

@@ -187,10 +187,13 @@ def forward_packed(
     autocast: torch.dtype | None = None,
     attention: str = "mask",
     attention_backend: str = "auto",
+    fused: bool = True,
 ) -> ForwardResult:
     """One forward of a packed batch: each item's choice log-probabilities (unless
     ``need_logits`` is False, when the forward stops after the last captured layer) and the
-    hidden states of ``layers`` at every item's read positions (and span means with ``span``)."""
+    hidden states of ``layers`` at every item's read positions (and span means with ``span``).
+    With ``fused``, a Llama-family model on the CPU runs its norms, MLP activations and rotary
+    embedding through the fused kernels (:mod:`introspect.engine.fused`)."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
     if (len(prefix) if prefix is not None else 0) != batch.prefix_len:
@@ -203,7 +206,9 @@ def forward_packed(
     final = None
     try:
         if need_logits or layers:
-            ctx = _forward_context(model, batch, device, autocast, attention, attention_backend)
+            ctx = _forward_context(
+                model, batch, device, autocast, attention, attention_backend, fused
+            )
             with ctx as mask_kwargs:
                 out = base(
                     input_ids=batch.input_ids.to(device),
@@ -245,10 +250,10 @@ def _capture(model, layers: Sequence[int], captured: dict, stop: bool) -> list:
 
 
 @contextlib.contextmanager
-def _forward_context(model, batch: PackedBatch, device, autocast, attention, backend):
-    """Autocast (or explicitly none) and the attention of the batch's layout: the paired
-    attention op patched in for ``attention="paired"``, else a dense additive mask, which it
-    yields as the forward's keyword arguments."""
+def _forward_context(model, batch: PackedBatch, device, autocast, attention, backend, fused):
+    """Autocast (or explicitly none), the fused CPU kernels (with ``fused``) and the attention
+    of the batch's layout: the paired attention op patched in for ``attention="paired"``, else a
+    dense additive mask, which it yields as the forward's keyword arguments."""
     dtype = next(model.parameters()).dtype
     with contextlib.ExitStack() as ctx:
         ctx.enter_context(
@@ -256,6 +261,10 @@ def _forward_context(model, batch: PackedBatch, device, autocast, attention, bac
             if autocast is not None
             else torch.autocast(device.type, enabled=False)
         )
+        if fused and device.type == "cpu":
+            from introspect.engine.fused import fused_kernels
+
+            ctx.enter_context(fused_kernels(model))
         if attention == "paired":
             if batch.layout != "tree":
                 raise ValueError("paired attention needs the tree layout")

@@ -49,6 +49,7 @@ class ExtractConfig:
     prefix_cache: bool = True
     head: str = "reads"
     attention: str = "auto"  # "mask", "paired" (segment kernel, no dense mask), "auto"
+    fused: bool = True  # fused CPU kernels in a Llama-family forward (engine/fused.py)
 
     def __post_init__(self):
         if self.behaviour not in (*BEHAVIOURS, "none"):
@@ -212,6 +213,7 @@ class _Batcher:
             span=self.want_span,
             autocast=self.autocast,
             attention=resolve_attention(self.model, config.attention, layout, self.autocast),
+            fused=config.fused,
         )
         ids, f_x, f_mod, rows_x, rows_mod = self._values(buf, res)
         skips = packed.skips or [0] * len(items)
@@ -350,10 +352,13 @@ def _attention_for_stream(model, config: ExtractConfig, autocast, sliding: bool)
             model.set_attn_implementation(previous)
 
 
-def check_tree_layout(model, tokenizer, pair: Pair, *, atol: float = 1e-4) -> str | None:
+def check_tree_layout(
+    model, tokenizer, pair: Pair, *, atol: float = 1e-4, fused: bool = True
+) -> str | None:
     """``None`` if ``model`` honours the packed 4D mask (the ``tree`` layout gives the same
     log-probabilities as running each sequence on its own on ``pair``), else why not."""
-    config = ExtractConfig(behaviour="logprob", prefix_cache=False)  # any number of choices
+    # logprob: any number of choices
+    config = ExtractConfig(behaviour="logprob", prefix_cache=False, fused=fused)
     try:
         tree = next(iter(extract_pairs(model, tokenizer, [pair], config)))
     except Exception as exc:  # an attention implementation that rejects the mask

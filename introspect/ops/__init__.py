@@ -28,6 +28,14 @@ from introspect.ops.choice_logprobs import (
     choice_logprobs_reference,
 )
 from introspect.ops.delta_probe import DeltaProbeOutput, delta_probe, delta_probe_reference
+from introspect.ops.fused import (
+    rms_norm,
+    rms_norm_reference,
+    rope,
+    rope_reference,
+    silu_mul,
+    silu_mul_reference,
+)
 from introspect.ops.paired_attention import SegmentMeta, paired_attention, segment_meta
 from introspect.ops.pearson import PearsonStats, merge_chunks, pearson, pearson_stats
 
@@ -48,6 +56,12 @@ __all__ = [
     "paired_attention",
     "pearson",
     "pearson_stats",
+    "rms_norm",
+    "rms_norm_reference",
+    "rope",
+    "rope_reference",
     "segment_meta",
+    "silu_mul",
+    "silu_mul_reference",
     "unavailable_reason",
 ]

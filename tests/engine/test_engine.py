@@ -228,6 +228,7 @@ SWITCHES = {
     "one pair per row": {"share_rows": False},
     "full head": {"head": "full"},
     "paired attention": {"attention": "paired"},  # the segment op, reference backend on CPU
+    "no fused kernels": {"fused": False},
 }
 
 

@@ -248,3 +248,19 @@ def test_cli_precisions_match_the_engine():
     from introspect.engine.precision import PRECISIONS as ENGINE
 
     assert PRECISIONS == ENGINE
+
+
+def test_no_fused_kernels_flag_runs_the_models_own_modules(workspace, tmp_path, monkeypatch):
+    from introspect.ops import fused
+
+    _, model_dir, pairs = workspace
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(pairs.read_text().splitlines(keepends=True)[:12]))
+    calls = []
+    real = fused._rms_op
+    monkeypatch.setattr(fused, "_rms_op", lambda *a: calls.append(1) or real(*a))
+    assert main(_extract_argv(model_dir, few, tmp_path / "off", "--no-fused-kernels")) == 0
+    assert not calls
+    assert main(_extract_argv(model_dir, few, tmp_path / "on")) == 0
+    assert calls or "cpp" not in fused._registry.available_backends("rms_norm")
+    _same_run(tmp_path / "on", tmp_path / "off", exact=False)
