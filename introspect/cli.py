@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     from introspect.engine.commands import add_extract_parser, add_measure_parser
     from introspect.evaluation.commands import add_eval_parser
     from introspect.experiment.commands import add_experiment_parser
+    from introspect.info import add_info_parser
     from introspect.models.commands import add_models_parser
-    from introspect.ops.commands import add_info_parser
     from introspect.training.commands import add_train_parser
 
     parser = argparse.ArgumentParser(

@@ -92,6 +92,25 @@ def test_import_without_triton():
     assert "triton" in res.stdout
 
 
+def test_the_command_line_and_its_help_import_no_torch():
+    res = _python(
+        """
+        import sys
+        from introspect.cli import build_parser, main
+        build_parser()
+        try:
+            main(["--help"])
+        except SystemExit:
+            pass
+        assert "torch" not in sys.modules, "building the command line pulled in torch"
+        assert "transformers" not in sys.modules
+        print("ok")
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("ok")
+
+
 def test_missing_torch_gives_a_clear_error():
     res = _python(
         """

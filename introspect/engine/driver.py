@@ -256,7 +256,11 @@ class Extraction:
         from introspect.engine.layout import tree_layout_problem
 
         model, tok, fused = self.lm.model, self.tokenizer, self.config.fused
-        why = tree_layout_problem(model, lambda: check_tree_layout(model, tok, head[0], fused=fused))
+
+        def check() -> str | None:
+            return check_tree_layout(model, tok, head[0], fused=fused)
+
+        why = tree_layout_problem(model, check)
         if why is not None:
             self.say(
                 f"warning: {self.model_id}: {why}; running every sequence on its own "

@@ -32,6 +32,8 @@ def layout_fingerprint(model: Any) -> dict[str, Any]:
     import transformers
 
     config = model.config.to_dict() if hasattr(model.config, "to_dict") else {}
+    for where in ("_name_or_path", "_commit_hash", "transformers_version"):  # not behaviour
+        config.pop(where, None)
     param = next(model.parameters())
     return {
         "format": FORMAT_VERSION,

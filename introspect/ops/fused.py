@@ -234,6 +234,55 @@ def rope_cpp(q, k, cos, sin):
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# triton on CUDA: Liger-Kernel's kernels, where it is installed
+# --------------------------------------------------------------------------------------------
+# On a GPU these ops are Liger-Kernel's Triton kernels rather than kernels of our own: they are
+# an established library's, with backward passes (training can use them), and tested on the
+# GPUs this project cannot test on; kernels of our own for three elementwise ops would repeat
+# them with only the Triton interpreter to check them here. Liger-Kernel is optional
+# (``pip install liger-kernel``); without it ``auto`` uses the reference on CUDA. Its kernels
+# round in their own order, so they are not bitwise equal to the reference (the engine's exact
+# path on CPU uses the ``cpp`` kernels, which are).
+
+
+def _liger():
+    try:
+        from liger_kernel.transformers import functional
+    except ImportError:
+        return None
+    return functional
+
+
+def _liger_accepts(sizes: dict) -> str | None:
+    if _liger() is None:
+        return "Liger-Kernel is not installed (pip install liger-kernel)"
+    return sizes.get("why")
+
+
+_LIGER = dict(devices={"cuda"}, dtypes={torch.float16, torch.bfloat16, torch.float32},
+              accepts=_liger_accepts)  # fmt: skip
+
+
+@_registry.register(RMS_NORM, "triton", **_LIGER)
+def rms_norm_liger(x, weight, eps, residual=None):
+    s = None
+    if residual is not None:
+        x = s = x + residual
+    y = _liger().liger_rms_norm(x, weight, eps, 0.0, "llama", False)
+    return y if s is None else (y, s)
+
+
+@_registry.register(SILU_MUL, "triton", **_LIGER)
+def silu_mul_liger(gate, up):
+    return _liger().liger_swiglu(gate, up)
+
+
+@_registry.register(ROPE, "triton", **_LIGER)
+def rope_liger(q, k, cos, sin):
+    return _liger().liger_rope(q, k, cos, sin)
+
+
 def _tensor(op: str, name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")

@@ -82,9 +82,24 @@ def test_extraction_skips_the_check_a_cache_answered(cache, monkeypatch, tmp_pat
     ]  # fmt: skip
     calls = []
     real = driver.check_tree_layout
-    monkeypatch.setattr(driver, "check_tree_layout", lambda *a: calls.append(1) or real(*a))
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(driver, "check_tree_layout", counted)
     tok = tiny_tokenizer()
     first = extract(tiny_llama(), tok, pairs, tmp_path / "a", layers=[1])
     second = extract(tiny_llama(), tok, pairs, tmp_path / "b", layers=[1])
     assert len(calls) == 1
     assert (first.delta == second.delta).all()
+
+
+def test_the_same_model_from_another_folder_has_the_same_fingerprint(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tiny_llama().save_pretrained(tmp_path / "a")
+    tiny_llama().save_pretrained(tmp_path / "b")
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "b")
+    assert layout_fingerprint(a) == layout_fingerprint(b)

@@ -323,3 +323,38 @@ def test_bad_input_gives_clear_errors():
         rope(q[0], k, cos, sin)
     with pytest.raises(TypeError, match=r"rope: sin must be a torch\.Tensor"):
         rope(q, k, cos, sin.tolist())
+
+
+# ------------------------------------------------------------- triton (Liger-Kernel) on CUDA
+
+
+def test_the_gpu_backend_is_liger_and_refuses_cpu_tensors_with_a_reason():
+    from introspect.ops import implemented_backends
+
+    for op in ("rms_norm", "silu_mul", "rope"):
+        assert "triton" in implemented_backends(op)
+    x, w = torch.randn(3, 8), torch.ones(8)
+    with pytest.raises(BackendUnavailableError):
+        rms_norm(x, w, 1e-6, backend="triton")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_liger_kernels_match_the_reference_on_cuda(dtype):
+    pytest.importorskip("liger_kernel")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(64, 576, device="cuda", generator=g).to(dtype)
+    w = torch.randn(576, device="cuda", generator=g).to(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(rms_norm(x, w, 1e-5, backend="triton"),
+                               rms_norm_reference(x, w, 1e-5), **tol)  # fmt: skip
+    up = torch.randn(64, 576, device="cuda", generator=g).to(dtype)
+    torch.testing.assert_close(silu_mul(x, up, backend="triton"), silu_mul_reference(x, up), **tol)
+    q = torch.randn(2, 9, 33, 64, device="cuda", generator=g).to(dtype)
+    k = torch.randn(2, 3, 33, 64, device="cuda", generator=g).to(dtype)
+    ang = torch.randn(2, 33, 32, device="cuda", generator=g)
+    cos = torch.cat([ang.cos()] * 2, -1).to(dtype)
+    sin = torch.cat([ang.sin()] * 2, -1).to(dtype)
+    got, want = rope(q, k, cos, sin, backend="triton"), rope_reference(q, k, cos, sin)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **tol)

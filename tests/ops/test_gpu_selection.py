@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from introspect import _native
+from introspect.info import build_info
 from introspect.ops import (
     BackendUnavailableError,
     _registry,
@@ -21,7 +22,6 @@ from introspect.ops import (
     delta_probe,
     unavailable_reason,
 )
-from introspect.ops.commands import build_info
 from introspect.ops.delta_probe import MAX_PROBES
 
 GPU = torch.device("cuda", 0)
