@@ -238,8 +238,8 @@ def bench_train(args) -> dict:
         variants[name] = (cmd, _env(path), out)
     times = _rounds(variants, args.rounds, "train")
     doc = _summary(times, f"release {args.release}", "this tree")
-    doc.update(release=args.release, model=args.model, command=" ".join(["introspect", "train",
-               *TRAIN_ARGS]))  # fmt: skip
+    doc.update(release=args.release, model=args.model,
+               measured_command=" ".join(["introspect", "train", *TRAIN_ARGS]))  # fmt: skip
     return doc
 
 
@@ -256,7 +256,8 @@ def main(argv=None) -> int:
     stamp = harness.machine_stamp()
     print(f"machine: {stamp['cpu']}, {stamp['cores']} cores", flush=True)
     doc = bench_extract(args) if args.which == "extract" else bench_train(args)
-    doc["machine"] = stamp
+    doc["meta"] = {**stamp, "command": "python benchmarks/bench_whole.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])}  # fmt: skip
     names = list(doc["median_s"])
     print(f"{args.which}: median {names[0]} {doc['median_s'][names[0]]:.1f} s, {names[1]} "
           f"{doc['median_s'][names[1]]:.1f} s: {doc['ratio_of_medians']:.2f}x (smallest round "

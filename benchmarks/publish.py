@@ -36,6 +36,11 @@ BENCH = {
     "kernels_quick": [],
     "extract": [],
     "extract_bench": [],
+    # bench_extract.py on sycophancy with its ablations and the model-shaped GEMM bound
+    "extract_bound": [],
+    # bench_whole.py: whole processes against their baselines
+    "whole_extract": [],
+    "whole_train": [],
     "extract_memory": [],
     "peers_bench": [],
     "scaling": ["scaling_n.png"],

@@ -61,7 +61,19 @@ def _config(args: argparse.Namespace):
         drift_every=args.drift_every,
         drift_lr=args.drift_lr,
         rho_threshold=args.rho_threshold,
+        noise_levels=_noise_levels(args.noise_levels),
+        no_explanation_control=_yes_no(args.no_explanation_control),
     )
+
+
+def _noise_levels(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    return () if text.strip() == "none" else _floats(text, "--noise-levels")
+
+
+def _yes_no(text: str | None) -> bool | None:
+    return None if text is None else text == "yes"
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -136,8 +148,9 @@ def _add_coupling_parser(esub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "presets:\n"
-            "  quick  64 training / 64 held-out pairs, 8 steps, noise 0.5 only; all conditions\n"
-            "         on the first task, concurrent + frozen on the others (`make demo` runs it)\n"
+            "  quick  64 training / 64 held-out pairs, 8 steps; the main run with the frozen and\n"
+            "         shuffled-label controls on the first task, concurrent + frozen on the\n"
+            "         others (`make demo` runs it, within 10 minutes on 2 CPU cores)\n"
             "  full   384 / 192 pairs, 48 steps, noise 0.2 and 0.5, all conditions on every\n"
             "         task (`make experiment-full` runs it; docs/coupling.md has its results)\n"
             "\nexample:\n"
@@ -235,6 +248,17 @@ def _add_condition_arguments(g: argparse._ArgumentGroup) -> None:
         "--no-verbal",
         action="store_true",
         help="train and score only the probes, not the model as a verbal explainer",
+    )
+    g.add_argument(
+        "--noise-levels",
+        metavar="P,P,...|none",
+        help="label-noise controls: the share of labels resampled in each (quick: none; "
+        "full: 0.2,0.5)",
+    )
+    g.add_argument(
+        "--no-explanation-control",
+        choices=("yes", "no"),
+        help="run the control without explanation training (quick: no; full: yes)",
     )
 
 

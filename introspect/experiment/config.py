@@ -16,8 +16,9 @@ OBJECTIVE_OF_TASK = {
 }
 
 # Sizes and schedules. ``quick`` is the demo (budget: 10 minutes for one task on a 2-core CPU with
-# a 135M model, set-up included); ``full`` took 84 minutes there for two tasks and a label model
-# (budget: 90).
+# a 135M model, set-up included: the main run and its frozen and shuffled-label controls; the
+# no-explanation and label-noise controls are the full preset's); ``full`` took 84 minutes there
+# for two tasks and a label model (budget: 90).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "n_train": 64,
@@ -27,7 +28,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 4,
         "lr": 1e-4,
         "n_boot": 500,
-        "noise_levels": (0.5,),
+        "noise_levels": (),
+        "no_explanation_control": False,
         "all_conditions_for_every_task": False,
         "rho_targets": (0.9, 0.5),
         "drift_steps": 24,
