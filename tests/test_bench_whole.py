@@ -66,6 +66,9 @@ def test_gemm_recorder_sees_every_product_of_the_forward():
 
     model, tok = tiny_llama(layers=3, hidden=48), tiny_tokenizer()  # no two shapes alike
     pairs = generate("sycophancy", 6, seed=0)
+    # Once before recording: the engine's one-time checks (the fused kernels' plan probes the
+    # model's modules) are not the forward's products.
+    list(extract_pairs(model, tok, pairs[:1], ExtractConfig(layers=(1,))))
     with harness.GemmRecorder(model) as rec:
         list(extract_pairs(model, tok, pairs, ExtractConfig(layers=(1,))))
     assert not any(isinstance(h, torch.utils.hooks.RemovableHandle) for h in rec.handles)
