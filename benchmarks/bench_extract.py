@@ -191,7 +191,8 @@ ABLATIONS = {
     "no prefix trie": {"layout": "paths"},
     "one pair per row": {"share_rows": False},
     "full-vocab head": {"head": "full"},
-    "no fused kernels": {"fused": False},
+    "no fused kernels": {"fused": False},  # neither the elementwise kernels nor packed GEMMs
+    "no packed linear": {"packed_linear": False},
 }
 PRECISION_MODES = ("autocast-fp16", "autocast-bf16", "bfloat16")
 # The GEMM ceiling each precision mode is measured against (its matrix products' dtype).
@@ -203,9 +204,15 @@ ROOFLINE_DTYPE = {
 }
 
 
-def engine(model, tokenizer, pairs, layers, autocast=None, **switches):
+def engine(model, tokenizer, pairs, layers, autocast=None, packed_linear=True, **switches):
+    from introspect.engine import fused
+
     config = ExtractConfig(layers=tuple(layers), **switches)
-    res = list(extract_pairs(model, tokenizer, pairs, config, autocast=autocast))
+    before, fused.PACK_LINEARS = fused.PACK_LINEARS, packed_linear
+    try:
+        res = list(extract_pairs(model, tokenizer, pairs, config, autocast=autocast))
+    finally:
+        fused.PACK_LINEARS = before
     f_x = np.concatenate([r.f_x for r in res])
     f_mod = np.concatenate([r.f_mod for r in res])
     hidden = {
@@ -343,6 +350,11 @@ def main(argv=None) -> int:
         "speed-up switched off and in each reduced precision",
     )
     ap.add_argument(
+        "--no-precisions",
+        action="store_true",
+        help="with --ablations, leave out the reduced-precision runs (the exact ones only)",
+    )
+    ap.add_argument(
         "--memory",
         nargs="+",
         type=int,
@@ -386,7 +398,8 @@ def main(argv=None) -> int:
         variants = [("engine", "float32", {})]
         if task in ablate:
             variants += [(name, "float32", sw) for name, sw in ABLATIONS.items() if sw]
-            variants += [("engine", mode, {}) for mode in PRECISION_MODES]
+            if not args.no_precisions:
+                variants += [("engine", mode, {}) for mode in PRECISION_MODES]
         d_exact, t_exact = None, None
         for name, mode, switches in variants:
             from introspect.engine import precision

@@ -254,7 +254,9 @@ def line_panels(
 class GemmRecorder:
     """Records every matrix product a model's forward runs, at its shapes: each ``nn.Linear``
     call as (m, k, n) with its dtype, and each attention layer's score and value products as
-    batched (heads x rows, row length, head dim) shapes at the packed rows' full length. Use as
+    batched (heads x rows, query length, key length, head dim) shapes: each trie's queries
+    over its keys where the engine runs attention per trie (``attention="blocks"``), else the
+    packed rows' full length. Use as
     a context manager around untimed forwards, then :meth:`bound_s` times those products alone
     (same process, same threads): the model-shaped GEMM bound, the time a forward would take
     if it did nothing but its matrix products."""
@@ -262,8 +264,9 @@ class GemmRecorder:
     def __init__(self, model):
         self.model = model
         self.linear: dict[tuple, int] = {}  # (m, k, n, dtype) -> calls
-        self.attention: dict[tuple, int] = {}  # (batch, length, head_dim, dtype) -> calls
+        self.attention: dict[tuple, int] = {}  # (batch, q len, k len, head_dim, dtype) -> calls
         self.handles: list = []
+        self._blocks_seen = False
 
     def __enter__(self):
         cfg = getattr(self.model.config, "get_text_config", lambda: self.model.config)()
@@ -280,8 +283,11 @@ class GemmRecorder:
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is None or ids.dim() != 2:
                 return
+            if self._blocks_seen:  # recorded per trie by the blocks function
+                self._blocks_seen = False
+                return
             rows, length = ids.shape
-            key = (rows * heads, length, head_dim, str(next(mod.parameters()).dtype))
+            key = (rows * heads, length, length, head_dim, str(next(mod.parameters()).dtype))
             self.attention[key] = self.attention.get(key, 0) + n_layers
 
         for m in self.model.modules():
@@ -300,30 +306,67 @@ class GemmRecorder:
             return self._op(h, weight, *args, **kwargs)
 
         ops.choice_logprobs = choice_logprobs
+        # Attention per trie: one product pair per non-padding block and layer.
+        import introspect.engine.attention as engine_attention
+        from introspect.ops.paired_attention import independent_blocks
+
+        self._blocks = engine_attention.paired_attention_blocks
+
+        def blocks(q, k, v, meta, scale):
+            found = independent_blocks(meta)
+            if found is not None:
+                self._blocks_seen = True
+                for _, a, b, padding in found:
+                    if not padding:
+                        key = (
+                            q.shape[1],
+                            b - a,
+                            meta.prefix_len + b - a,
+                            q.shape[-1],
+                            str(q.dtype),
+                        )
+                        self.attention[key] = self.attention.get(key, 0) + 1
+            return self._blocks(q, k, v, meta, scale)
+
+        engine_attention.paired_attention_blocks = blocks
         return self
 
     def __exit__(self, *exc):
         import introspect.ops as ops
 
         ops.choice_logprobs = self._op
+        import introspect.engine.attention as engine_attention
+
+        engine_attention.paired_attention_blocks = self._blocks
         for h in self.handles:
             h.remove()
         self.handles = []
 
     def bound_s(self, repeats: int = 5) -> dict:
         """Seconds of the recorded products run alone: ``linear``, ``attention`` (QK^T and PV)
-        and ``total``, each the sum over calls of the best of ``repeats`` runs of its shape."""
+        and ``total``, each the sum over calls of the best of ``repeats`` runs of its shape. A
+        float32 linear shape counts at the faster of ``F.linear`` and oneDNN's GEMM on a
+        prepacked weight (what the engine runs), so the bound is the best this process can do."""
+        from introspect.ops.linear import linear as packed_linear
+        from introspect.ops.linear import onednn_unavailable, pack_linear_weight
+
         dtypes = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16,
                   "torch.float16": torch.float16}  # fmt: skip
         lin = 0.0
         for (m, k, n, dt), calls in self.linear.items():
             a, w = torch.randn(m, k).to(dtypes[dt]), torch.randn(n, k).to(dtypes[dt])
-            lin += calls * _best_s(lambda a=a, w=w: torch.nn.functional.linear(a, w), 1, repeats)
+            best = _best_s(lambda a=a, w=w: torch.nn.functional.linear(a, w), 1, repeats)
+            if dt == "torch.float32" and onednn_unavailable() is None:
+                p = pack_linear_weight(w)
+                with torch.no_grad():
+                    fast = _best_s(lambda a=a, w=w, p=p: packed_linear(a, w, packed=p), 1, repeats)
+                best = min(best, fast)
+            lin += calls * best
         att = 0.0
-        for (b, length, d, dt), calls in self.attention.items():
-            q = torch.randn(b, length, d).to(dtypes[dt])
-            k = torch.randn(b, d, length).to(dtypes[dt])
-            s = torch.randn(b, length, length).to(dtypes[dt])
-            v = torch.randn(b, length, d).to(dtypes[dt])
+        for (b, lq, lk, d, dt), calls in self.attention.items():
+            q = torch.randn(b, lq, d).to(dtypes[dt])
+            k = torch.randn(b, d, lk).to(dtypes[dt])
+            s = torch.randn(b, lq, lk).to(dtypes[dt])
+            v = torch.randn(b, lk, d).to(dtypes[dt])
             att += calls * _best_s(lambda q=q, k=k, s=s, v=v: (q @ k, s @ v), 1, repeats)
         return {"linear": lin, "attention": att, "total": lin + att}

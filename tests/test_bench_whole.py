@@ -70,7 +70,7 @@ def test_gemm_recorder_sees_every_product_of_the_forward():
     # model's modules) are not the forward's products.
     list(extract_pairs(model, tok, pairs[:1], ExtractConfig(layers=(1,))))
     with harness.GemmRecorder(model) as rec:
-        list(extract_pairs(model, tok, pairs, ExtractConfig(layers=(1,))))
+        list(extract_pairs(model, tok, pairs, ExtractConfig(layers=(1,), attention="mask")))
     assert not any(isinstance(h, torch.utils.hooks.RemovableHandle) for h in rec.handles)
     per_layer = {}
     for (_rows, k, n, _dtype), calls in rec.linear.items():
@@ -84,5 +84,24 @@ def test_gemm_recorder_sees_every_product_of_the_forward():
     # The head on the read rows, once per batch (the shared prefix's forward reads nothing).
     assert 1 <= per_layer[(cfg.hidden_size, cfg.vocab_size)] <= forwards
     assert sum(rec.attention.values()) == forwards * 3
+    assert all(lq == lk for _b, lq, lk, _d, _dt in rec.attention)  # whole rows
     bound = rec.bound_s(repeats=1)
     assert 0 < bound["linear"] < bound["total"]
+    # Attention per trie (the CPU default): each trie's queries over its keys and the prefix's.
+    with harness.GemmRecorder(model) as per_trie:
+        list(extract_pairs(model, tok, pairs, ExtractConfig(layers=(1,), attention="blocks")))
+
+    # ... in one row per batch, so no padding positions go through the linear layers.
+    def positions(linear):
+        return sum(m * c for (m, k, n, _dt), c in linear.items() if k == n == cfg.hidden_size)
+
+    assert 0 < positions(per_trie.linear) <= positions(rec.linear)
+    tries = [
+        k for k in per_trie.attention if k[1] < k[2] or k[1] < max(x[1] for x in rec.attention)
+    ]
+    assert tries and sum(per_trie.attention.values()) > forwards * 3
+
+    def flops(attention):
+        return sum(c * b * lq * lk * d for (b, lq, lk, d, _dt), c in attention.items())
+
+    assert flops(per_trie.attention) < flops(rec.attention)  # the other tries' keys skipped

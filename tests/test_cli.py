@@ -12,7 +12,7 @@ def test_info_json(capsys):
     assert main(["info", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["backends"]["reference"] == "available"
-    assert set(report["backends"]) == {"reference", "cpp", "cuda", "triton"}
+    assert set(report["backends"]) == {"reference", "cpp", "cuda", "triton", "onednn"}
 
 
 def test_help_lists_commands():

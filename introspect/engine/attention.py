@@ -39,9 +39,17 @@ from dataclasses import dataclass
 
 import torch
 
-from introspect.ops.paired_attention import SegmentMeta, paired_attention
+from introspect.ops.paired_attention import (
+    SegmentMeta,
+    _autocast,
+    paired_attention,
+    paired_attention_blocks,
+)
 
 ATTN_NAME = "introspect_paired"
+BLOCKS = "blocks"
+"""The context's ``backend`` that runs SDPA on each trie alone instead of the op
+(:func:`~introspect.ops.paired_attention.paired_attention_blocks`; CPU)."""
 KWARG = "segment_meta"
 
 # Model types whose attention modules call the AttentionInterface with q, k, v after RoPE and
@@ -107,7 +115,12 @@ def _paired_attention_forward(
             f"{getattr(module, 'layer_idx', '?')} has a sliding window of {sliding_window}; "
             "use shorter sequences or another attention implementation"
         )
-    out = paired_attention(query, key, value, meta, scale=scaling, backend=backend)
+    if backend == BLOCKS:
+        q, k, v = _autocast(query, key, value)
+        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+        out = paired_attention_blocks(q, k, v, meta, float(scale))
+    else:
+        out = paired_attention(query, key, value, meta, scale=scaling, backend=backend)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -162,8 +175,9 @@ def paired_attention_context(
     """Runs ``model``'s attention with :func:`~introspect.ops.paired_attention` over ``meta``.
 
     The metadata is moved to the model's device once; ``backend`` is the op's backend
-    (``"auto"``, ``"reference"``, ``"triton"``). Raises ``ValueError`` for a model whose
-    attention cannot run this way (see :func:`paired_attention_unsupported`).
+    (``"auto"``, ``"reference"``, ``"triton"``), or ``"blocks"`` for SDPA on each trie alone.
+    Raises ``ValueError`` for a model whose attention cannot run this way (see
+    :func:`paired_attention_unsupported`).
     """
     reason = paired_attention_unsupported(model)
     if reason is not None:

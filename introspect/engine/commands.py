@@ -17,7 +17,7 @@ from introspect._args import (
 )
 
 PRECISIONS = ("float32", "autocast-fp16", "autocast-bf16", "bfloat16")  # = precision.PRECISIONS
-ATTENTIONS = ("auto", "mask", "paired")  # = introspect.engine.forward.ATTENTIONS
+ATTENTIONS = ("auto", "mask", "paired", "blocks")  # = introspect.engine.forward.ATTENTIONS
 MAX_LISTED = 20
 
 
@@ -211,8 +211,9 @@ def _add_engine_options(ext: argparse.ArgumentParser) -> None:
         default="auto",
         help=(
             "attention of the packed rows: mask (the model's own attention with a 4D mask), "
-            "paired (the segment kernel, no dense mask), auto (paired where the model and device "
-            "support it)"
+            "paired (the segment kernel, no dense mask), blocks (SDPA on each pair's tokens "
+            "alone, skipping the other pairs of the row), auto (paired on a GPU and blocks on "
+            "the CPU where the model supports them, else mask)"
         ),
     )
     ext.add_argument(
@@ -231,7 +232,15 @@ def _add_engine_options(ext: argparse.ArgumentParser) -> None:
             "modules do, not through the fused CPU kernels"
         ),
     )
-    ext.add_argument("--row-tokens", type=int, default=256, help="positions per packed row")
+    ext.add_argument(
+        "--row-tokens",
+        type=int,
+        default=None,
+        help=(
+            "positions per packed row (default: the whole batch in one row where attention runs "
+            "per pair, blocks or paired; else 256)"
+        ),
+    )
     ext.add_argument("--batch-tokens", type=int, default=2048, help="positions per forward")
     ext.add_argument("--shard-rows", type=int, default=4096, help="pairs per shard file")
 

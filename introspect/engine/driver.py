@@ -195,7 +195,7 @@ class Extraction:
         prefix_cache: bool,
         resume: bool,
         on_error: str,
-        row_tokens: int,
+        row_tokens: int | None,
         batch_tokens: int,
         shard_rows: int,
         chat_template: str,
@@ -426,7 +426,7 @@ def extract(
     fused: bool = True,
     resume: bool = False,
     on_error: str = "fail",
-    row_tokens: int = 256,
+    row_tokens: int | None = None,
     batch_tokens: int = 2048,
     shard_rows: int = 4096,
     chat_template: str = "model",
@@ -450,8 +450,9 @@ def extract(
     ``behaviour`` (``"logodds"``, ``"logprob"``, ``"prob"``, ``"none"``), ``dtype``
     (``"float32"`` is exact; a reduced precision has its fidelity measured on the first
     ``calibrate`` pairs and recorded), ``layout`` (``"auto"`` checks the packed tree on the
-    first pair), ``attention`` (``"auto"``, ``"mask"``, ``"paired"``), ``prefix_cache``,
-    ``fused`` (the fused CPU kernels in a Llama-family forward; off: the model's own modules),
+    first pair), ``attention`` (``"auto"``, ``"mask"``, ``"paired"``, ``"blocks"``),
+    ``prefix_cache``, ``fused`` (the fused CPU kernels and prepacked GEMMs in a Llama-family
+    forward; off: the model's own modules),
     ``resume`` (continue a killed run), ``on_error`` (``"fail"`` or ``"skip"``: skipped rows are
     listed in the manifest), ``row_tokens``, ``batch_tokens``, ``shard_rows``,
     ``chat_template`` (``"model"``, ``"plain"``, ``"auto"``). Under ``torchrun`` each process

@@ -27,16 +27,18 @@ from introspect.engine.cache import cache_kwargs, output_cache
 from introspect.engine.packing import PackedBatch
 
 HEADS = ("reads", "rows", "full")
-ATTENTIONS = ("auto", "mask", "paired")
+ATTENTIONS = ("auto", "mask", "paired", "blocks")
 
 
 def resolve_attention(
     model, attention: str, layout: str, autocast: torch.dtype | None = None
 ) -> str:
-    """``mask`` (the model's own attention with the packed mask) or ``paired`` (the segment
-    kernel registered with transformers, :mod:`introspect.engine.attention`). ``auto`` takes
-    ``paired`` on CUDA for a model it supports, in the tree layout, and ``mask`` elsewhere (on
-    CPU, SDPA with the boolean mask is the fast path). Under ``autocast`` the segment kernel
+    """``mask`` (the model's own attention with the packed mask), ``paired`` (the segment
+    kernel registered with transformers, :mod:`introspect.engine.attention`) or ``blocks`` (the
+    same registration running SDPA on each packed trie alone, so no work goes to the keys of
+    the row's other tries: :func:`~introspect.ops.paired_attention.paired_attention_blocks`).
+    ``auto`` takes, for a model the registration supports in the tree layout, ``paired`` on
+    CUDA and ``blocks`` on CPU, and ``mask`` elsewhere. Under ``autocast`` the segment kernel
     casts queries, keys and values to the autocast dtype, as SDPA does (RoPE leaves queries and
     keys in float32)."""
     if attention not in ATTENTIONS:
@@ -44,17 +46,17 @@ def resolve_attention(
     if layout != "tree":
         return "mask"
     if attention == "auto":
-        if next(model.parameters()).device.type != "cuda":
-            return "mask"
         from introspect.engine.attention import supports_paired_attention
 
-        return "paired" if supports_paired_attention(model) else "mask"
-    if attention == "paired":
+        if not supports_paired_attention(model):
+            return "mask"
+        return "paired" if next(model.parameters()).device.type == "cuda" else "blocks"
+    if attention in ("paired", "blocks"):
         from introspect.engine.attention import paired_attention_unsupported
 
         why = paired_attention_unsupported(model)
         if why is not None:
-            raise ValueError(f"attention='paired' cannot run this model: {why}")
+            raise ValueError(f"attention={attention!r} cannot run this model: {why}")
     return attention
 
 
@@ -252,8 +254,9 @@ def _capture(model, layers: Sequence[int], captured: dict, stop: bool) -> list:
 @contextlib.contextmanager
 def _forward_context(model, batch: PackedBatch, device, autocast, attention, backend, fused):
     """Autocast (or explicitly none), the fused CPU kernels (with ``fused``) and the attention
-    of the batch's layout: the paired attention op patched in for ``attention="paired"``, else a
-    dense additive mask, which it yields as the forward's keyword arguments."""
+    of the batch's layout: the paired attention op (or its per-trie SDPA) patched in for
+    ``attention="paired"`` (``"blocks"``), else a dense additive mask, which it yields as the
+    forward's keyword arguments."""
     dtype = next(model.parameters()).dtype
     with contextlib.ExitStack() as ctx:
         ctx.enter_context(
@@ -265,13 +268,14 @@ def _forward_context(model, batch: PackedBatch, device, autocast, attention, bac
             from introspect.engine.fused import fused_kernels
 
             ctx.enter_context(fused_kernels(model))
-        if attention == "paired":
+        if attention in ("paired", "blocks"):
             if batch.layout != "tree":
-                raise ValueError("paired attention needs the tree layout")
-            from introspect.engine.attention import paired_attention_context
+                raise ValueError(f"{attention} attention needs the tree layout")
+            from introspect.engine.attention import BLOCKS, paired_attention_context
 
-            meta = batch.segment_meta(device)  # no dense mask on this path
-            ctx.enter_context(paired_attention_context(model, meta, backend=backend))
+            meta = batch.segment_meta(device)
+            which = BLOCKS if attention == "blocks" else backend
+            ctx.enter_context(paired_attention_context(model, meta, backend=which))
             yield {}
         else:
             yield {"attention_mask": _attention_mask(model, batch.mask.to(device), dtype)}

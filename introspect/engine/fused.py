@@ -3,10 +3,12 @@
 ``with fused_kernels(model):`` swaps in the fused ops of :mod:`introspect.ops.fused` for the
 elementwise work between the matrix products: every RMS norm (``LlamaRMSNorm``'s formula), the
 gated MLP's ``act_fn(gate_proj(x)) * up_proj(x)`` with a SiLU activation, and
-``apply_rotary_pos_emb``. Norms and MLPs get a ``forward`` of their own instance (the classes
-are untouched); the rotary function, which the attention calls as a global of its modeling
-file, is replaced in that file's module for the duration of the block. Everything is restored
-on exit, exceptions included.
+``apply_rotary_pos_emb``; and every float32 ``torch.nn.Linear`` of the decoder runs oneDNN's GEMM
+on a prepacked copy of its weight (:mod:`introspect.ops.linear`; the copies are kept with the
+plan and remade when a weight changes). Norms, MLPs and linear layers get a ``forward`` of their
+own instance (the classes are untouched); the rotary function, which the attention calls as a
+global of its modeling file, is replaced in that file's module for the duration of the block.
+Everything is restored on exit, exceptions included.
 
 What is swapped is decided by behaviour, not by class names: a module is swapped only if its
 own forward gives, on a small probe, bit for bit what the PyTorch formula the fused op
@@ -35,6 +37,11 @@ import torch.nn.functional as F
 from introspect import _native
 from introspect.engine.forward import _base, decoder_layers
 from introspect.ops import fused as ops
+from introspect.ops.linear import PackedWeight, linear, onednn_unavailable, pack_linear_weight
+
+PACK_LINEARS = True
+"""Whether :func:`fused_kernels` also runs the linear layers on prepacked oneDNN weights (off:
+the benchmarks' ablation of that share)."""
 
 _PATCHED = "__introspect_fused_original__"  # marks the rotary function this module put in
 
@@ -103,6 +110,15 @@ class FusedPlan:
     norms: list[torch.nn.Module] = field(default_factory=list)
     mlps: list[torch.nn.Module] = field(default_factory=list)
     rotary: list[ModuleType] = field(default_factory=list)
+    linears: list[torch.nn.Linear] = field(default_factory=list)
+    packed: dict[int, PackedWeight] = field(default_factory=dict)
+    """id(linear) -> its weight's packed copy, made on first use and when the weight changes."""
+
+    def packed_weight(self, module: torch.nn.Linear) -> PackedWeight:
+        known = self.packed.get(id(module))
+        if known is None or not known.current(module.weight):
+            known = self.packed[id(module)] = pack_linear_weight(module.weight)
+        return known
 
 
 # model -> (its modules' identities, its plan): the probes run their matrix products once per
@@ -151,6 +167,11 @@ def _make_plan(model) -> FusedPlan | None:
             home = _rotary_home(layer)
             if home is not None and home not in plan.rotary:
                 plan.rotary.append(home)
+    if onednn_unavailable() is None:
+        plan.linears = [
+            m for m in base.modules()
+            if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
+        ]  # fmt: skip
     return plan
 
 
@@ -164,6 +185,15 @@ def _norm_forward(norm: torch.nn.Module):
 def _mlp_forward(mlp: torch.nn.Module):
     def forward(x: torch.Tensor) -> torch.Tensor:
         return mlp.down_proj(ops.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+
+    return forward
+
+
+def _linear_forward(plan: FusedPlan, module: torch.nn.Linear):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:  # autocast or a caller's own dtype: the module's own path
+            return F.linear(x, module.weight, module.bias)
+        return linear(x, module.weight, module.bias, packed=plan.packed_weight(module))
 
     return forward
 
@@ -233,4 +263,7 @@ def fused_kernels(model, enabled: bool = True) -> Iterator[bool]:
             original = home.apply_rotary_pos_emb
             home.apply_rotary_pos_emb = _fused_rope(original)
             stack.callback(setattr, home, "apply_rotary_pos_emb", original)
+        if PACK_LINEARS:
+            for module in plan.linears:
+                _override_forward(stack, module, _linear_forward(plan, module))
         yield True

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 POSITIONS = ("last", "span")
 PREFIX_WINDOW = 64  # pairs from the start of the stream that decide the shared prefix
 PREFIX_MIN_TOKENS = 4
+ROW_TOKENS = 256  # positions per packed row where attention sees the whole row (a dense mask)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ class ExtractConfig:
     layers: tuple[int, ...] = ()
     behaviour: str = "logodds"  # or "none": hidden states only, the forward stops early
     positions: tuple[str, ...] = ("last",)
-    row_tokens: int = 256  # positions per packed row
+    # Positions per packed row; None: the whole batch in one row where attention runs per trie
+    # ("blocks", "paired": a long row costs nothing there and needs no padding), else 256.
+    row_tokens: int | None = None
     batch_tokens: int = 2048  # positions per forward (rows x width)
     layout: str = "tree"
     share_rows: bool = True
@@ -196,9 +199,13 @@ class _Batcher:
         self.batch, self.batch_size = [], 0
         items = [item for _, item in buf]
         layout = self._layout(items)
+        attention = resolve_attention(self.model, config.attention, layout, self.autocast)
+        row_tokens = config.row_tokens
+        if row_tokens is None:
+            row_tokens = config.batch_tokens if attention in ("blocks", "paired") else ROW_TOKENS
         packed = pack(
             items,
-            row_tokens=config.row_tokens,
+            row_tokens=row_tokens,
             layout=layout,
             prefix=cache.tokens if cache is not None else (),
             share_rows=config.share_rows,
@@ -212,7 +219,7 @@ class _Batcher:
             need_logits=self.need_logits,
             span=self.want_span,
             autocast=self.autocast,
-            attention=resolve_attention(self.model, config.attention, layout, self.autocast),
+            attention=attention,
             fused=config.fused,
         )
         ids, f_x, f_mod, rows_x, rows_mod = self._values(buf, res)

@@ -36,6 +36,7 @@ from introspect.ops.fused import (
     silu_mul,
     silu_mul_reference,
 )
+from introspect.ops.linear import PackedWeight, linear, linear_reference, pack_linear_weight
 from introspect.ops.paired_attention import SegmentMeta, paired_attention, segment_meta
 from introspect.ops.pearson import PearsonStats, merge_chunks, pearson, pearson_stats
 
@@ -44,6 +45,7 @@ __all__ = [
     "BackendUnavailableError",
     "ChoiceLogprobs",
     "DeltaProbeOutput",
+    "PackedWeight",
     "PearsonStats",
     "SegmentMeta",
     "available_backends",
@@ -52,7 +54,10 @@ __all__ = [
     "delta_probe",
     "delta_probe_reference",
     "implemented_backends",
+    "linear",
+    "linear_reference",
     "merge_chunks",
+    "pack_linear_weight",
     "paired_attention",
     "pearson",
     "pearson_stats",

@@ -2,7 +2,8 @@
 
 Backends: ``reference`` (pure PyTorch, runs anywhere), ``cpp`` (introspect._C on CPU tensors),
 ``cuda`` (introspect._C's CUDA kernels on CUDA tensors), ``triton`` (Triton kernels on CUDA
-tensors, or on CPU tensors under ``TRITON_INTERPRET=1``).
+tensors, or on CPU tensors under ``TRITON_INTERPRET=1``), ``onednn`` (oneDNN primitives that
+PyTorch ships, ``torch.ops.mkldnn``, on CPU tensors).
 
 Rules:
 - ``backend="auto"`` picks the first backend that is available, implements the op, runs on the
@@ -13,8 +14,8 @@ Rules:
 - ``cuda`` needs a driver for the CUDA major version ``_C`` was built with (its runtime is linked
   statically, so this can be newer than what PyTorch's CUDA build needs) and a GPU of an
   architecture it was built for; ``triton`` runs CPU tensors only under the interpreter.
-- ``auto`` tries ``cpp``, ``reference`` on CPU and ``cuda``, ``triton``, ``reference`` on CUDA,
-  unless the op sets its own order per dtype (:func:`set_auto_order`).
+- ``auto`` tries ``cpp``, ``onednn``, ``reference`` on CPU and ``cuda``, ``triton``,
+  ``reference`` on CUDA, unless the op sets its own order per dtype (:func:`set_auto_order`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ import torch
 from introspect import _native
 from introspect.errors import EXIT_USAGE, IntrospectError
 
-BACKENDS = ("reference", "cpp", "cuda", "triton")
+BACKENDS = ("reference", "cpp", "cuda", "triton", "onednn")
 ENV_VAR = "INTROSPECT_BACKEND"
 
 # Order tried by "auto" for each device type (an op may set its own per dtype, see
 # set_auto_order). Interpreted Triton is never chosen automatically.
-_AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
+_AUTO_ORDER = {"cpu": ("cpp", "onednn", "reference"), "cuda": ("cuda", "triton", "reference")}
 _OP_AUTO_ORDER: dict[str, Callable[[str, torch.dtype], tuple[str, ...] | None]] = {}
 
 
@@ -148,6 +149,10 @@ def unavailable_reason(backend: str) -> str | None:
             driver = _cuda_driver_reason()
             return "no CUDA device is available" + (f" ({driver})" if driver else "")
         return _cuda_driver_reason()
+    if backend == "onednn":
+        from introspect.ops.linear import onednn_unavailable
+
+        return onednn_unavailable()
     # triton
     reason = _triton_import_error()
     if reason is not None:

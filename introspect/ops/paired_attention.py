@@ -323,6 +323,74 @@ def paired_attention_reference(
 
 
 # --------------------------------------------------------------------------------------------
+# Blocks: SDPA on each row's independent tries only (what the CPU engine runs).
+# --------------------------------------------------------------------------------------------
+
+
+def independent_blocks(meta: SegmentMeta) -> list[tuple[int, int, int, bool]] | None:
+    """``(row, start, end, padding)`` of each row's independent query ranges: a trie (from its
+    root's segment to the segment before the next root) or a run of padding. No query of a
+    block sees a key of the row outside it (the cached prefix aside), so attention can run on
+    each block alone. ``None`` if a segment sees keys before its block (no such blocks)."""
+    if "blocks" in meta._cache:
+        return meta._cache["blocks"]
+    P = meta.prefix_len
+    rows, qs, qe = meta.seg_row.tolist(), meta.seg_q_start.tolist(), meta.seg_q_end.tolist()
+    pad = meta.seg_self_only.tolist()
+    blocks: list[list] = []
+    for s, ivals in enumerate(meta.intervals()):
+        is_root = all(e <= P for _, e in ivals)  # sees no key of its own row before it
+        prev = blocks[-1] if blocks else None
+        if not is_root and not pad[s]:
+            first = min(a for a, e in ivals if e > P)
+            if prev is None or prev[0] != rows[s] or prev[3] or first < P + prev[1]:
+                meta._cache["blocks"] = None
+                return None
+        if (
+            prev is not None and prev[0] == rows[s] and prev[2] == qs[s]
+            and ((pad[s] and prev[3]) or (not pad[s] and not prev[3] and not is_root))
+        ):  # fmt: skip
+            prev[2] = qe[s]
+        else:
+            blocks.append([rows[s], qs[s], qe[s], bool(pad[s])])
+    out = [(r, a, b, p) for r, a, b, p in blocks]
+    meta._cache["blocks"] = out
+    return out
+
+
+def paired_attention_blocks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: SegmentMeta, scale: float
+) -> torch.Tensor:
+    """The reference's result, computing only the blocks of :func:`independent_blocks`: SDPA
+    with the dense mask cut to each trie's queries and keys (and the prefix), and a padding
+    query's own value (it attends to itself only). Same shapes as the reference; the keys a
+    query cannot see are left out instead of masked, so no work is spent on them."""
+    blocks = independent_blocks(meta)
+    if blocks is None:
+        return paired_attention_reference(q, k, v, meta, scale)
+    B, Hq, T, D = q.shape
+    Hkv, P = k.shape[1], meta.prefix_len
+    gqa = Hq != Hkv
+    mask = meta.dense_mask(q.device)
+    out = q.new_empty(B, T, Hq, D).transpose(1, 2)
+    for r, a, b, padding in blocks:
+        if padding:
+            own = v[r, :, P + a : P + b]
+            out[r, :, a:b] = own.repeat_interleave(Hq // Hkv, dim=0) if gqa else own
+            continue
+        keys, vals = k[r : r + 1, :, P + a : P + b], v[r : r + 1, :, P + a : P + b]
+        m = mask[r : r + 1, :, a:b, P + a : P + b]
+        if P:
+            keys = torch.cat((k[r : r + 1, :, :P], keys), dim=2)
+            vals = torch.cat((v[r : r + 1, :, :P], vals), dim=2)
+            m = torch.cat((mask[r : r + 1, :, a:b, :P], m), dim=3)
+        out[r : r + 1, :, a:b] = F.scaled_dot_product_attention(
+            q[r : r + 1, :, a:b], keys, vals, attn_mask=m, scale=scale, enable_gqa=gqa
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Triton: a torch custom op (forward only) around the kernel.
 # --------------------------------------------------------------------------------------------
 

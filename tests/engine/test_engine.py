@@ -228,6 +228,7 @@ SWITCHES = {
     "one pair per row": {"share_rows": False},
     "full head": {"head": "full"},
     "paired attention": {"attention": "paired"},  # the segment op, reference backend on CPU
+    "mask attention": {"attention": "mask"},  # the model's own SDPA with the dense mask
     "no fused kernels": {"fused": False},
 }
 
@@ -238,7 +239,7 @@ SWITCH_GRID = (
         (a, s)
         for a in ("llama", "gpt2")
         for s in sorted(SWITCHES)
-        if (a, s) != ("gpt2", "paired attention")
+        if (a, s) != ("gpt2", "paired attention")  # the default on CPU is per-trie SDPA
     ]
     + [(a, "all on") for a in sorted(MODELS) if a not in ("llama", "gpt2")]
     + [

@@ -13,6 +13,7 @@ from test_engine import _pairs, _run, _system_pairs
 from tiny import tiny_gemma3, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_tokenizer
 
 from introspect.behaviour import encode, measure
+from introspect.engine import fused as engine_fused
 from introspect.engine.forward import decoder_layers
 from introspect.engine.fused import fused_kernels, fused_plan
 from introspect.ops import available_backends, fused
@@ -27,8 +28,16 @@ def _llama():
 
 
 def _count_calls(monkeypatch) -> dict:
-    """Counts the cpp kernels' calls (a context that silently swapped nothing runs none)."""
+    """Counts the cpp kernels' and the packed linear layers' calls (a context that silently
+    swapped nothing runs none)."""
     calls = {}
+    real_linear = engine_fused.linear
+
+    def linear_spy(*args, **kwargs):
+        calls["linear"] = calls.get("linear", 0) + 1
+        return real_linear(*args, **kwargs)
+
+    monkeypatch.setattr(engine_fused, "linear", linear_spy)
     for name in ("_rms_op", "_silu_op", "_rope_op"):
         real = getattr(fused, name)
 
@@ -50,6 +59,8 @@ def test_plan_takes_llama_family_models_only():
         torch.set_num_threads(before)
     assert plan is not None
     assert len(plan.norms) == 2 * 3 + 1 and len(plan.mlps) == 3
+    if "onednn" in available_backends("linear"):  # q, k, v, o, gate, up, down per layer
+        assert len(plan.linears) == 7 * 3
     assert [m.__name__ for m in plan.rotary] == ["transformers.models.llama.modeling_llama"]
     qwen = fused_plan(tiny_qwen2())
     assert qwen is not None and len(qwen.mlps) == 2 and len(qwen.rotary) == 1
@@ -78,6 +89,8 @@ def test_fused_engine_matches_unfused_and_plain_forwards(monkeypatch, make):
     layers = len(decoder_layers(model))
     assert calls["_rms_op"] >= 2 * layers + 1 and calls["_silu_op"] >= layers
     assert calls["_rope_op"] >= layers
+    if "onednn" in available_backends("linear"):
+        assert calls["linear"] >= 7 * layers
     for key, value in off.items():
         if key != "unique":
             np.testing.assert_allclose(on[key], value, rtol=1e-5, atol=1e-6, err_msg=str(key))

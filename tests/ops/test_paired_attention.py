@@ -21,9 +21,16 @@ from introspect.engine.attention import (
 )
 from introspect.engine.packing import build_item, pack
 from introspect.ops import paired_attention, segment_meta
-from introspect.ops.paired_attention import PAD, PREFIX, ROOT
+from introspect.ops.paired_attention import (
+    PAD,
+    PREFIX,
+    ROOT,
+    independent_blocks,
+    paired_attention_blocks,
+)
 
 BACKENDS = cpu_backends("paired_attention", include_reference=True)
+CONTEXT_BACKENDS = [*BACKENDS, "blocks"]  # the model registration also runs per-trie SDPA
 LOGIT_TOL = {"atol": 1e-5, "rtol": 1e-5}  # fp32 packed vs separate forwards
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +234,48 @@ def test_reference_equals_sdpa_on_pack_mask(dtype, Hq, Hkv):
     assert_close(scaled, expected, atol=tol, rtol=tol, name="with scale")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("Hq", "Hkv"), [(2, 2), (6, 2)])
+@pytest.mark.parametrize("prefix", [(), (2, 6, 20)])
+def test_blocks_equal_the_reference(dtype, Hq, Hkv, prefix):
+    """Per-trie SDPA (what the CPU engine runs) against the dense-mask reference, with padding,
+    a cached prefix and grouped-query heads; every block checked, none merged across tries."""
+    batch = pack(_random_batch(prefix=prefix), row_tokens=40, prefix=list(prefix))
+    meta = segment_meta(batch)
+    blocks = independent_blocks(meta)
+    assert blocks is not None and len(blocks) > batch.input_ids.shape[0]  # rows hold several
+    assert any(p for *_, p in blocks), "the batch should have padding"
+    B, T = batch.input_ids.shape
+    P = batch.prefix_len
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(B, Hq, T, 16, generator=g).to(dtype)
+    k = torch.randn(B, Hkv, P + T, 16, generator=g).to(dtype)
+    v = torch.randn(B, Hkv, P + T, 16, generator=g).to(dtype)
+    got = paired_attention_blocks(q, k, v, meta, 0.25)
+    want = paired_attention(q, k, v, meta, scale=0.25, backend="reference")
+    tol = 2e-6 if dtype == torch.float32 else 1e-2
+    assert_close(got, want, atol=tol, rtol=tol, name="blocks vs reference")
+    # negative control: a block that left out its first segment's keys would not match
+    bad = [(r, a + 1, b, p) if not p and b - a > 2 else (r, a, b, p) for r, a, b, p in blocks]
+    meta._cache["blocks"] = bad
+    wrong = paired_attention_blocks(q, k, v, meta, 0.25)
+    assert not torch.allclose(wrong.float(), want.float(), atol=1e-2)
+
+
+def test_blocks_of_a_layout_that_does_not_split_fall_back_to_the_reference():
+    # position 4 starts a segment whose parent (1) lies before the root at 3: no blocks.
+    meta = segment_meta([[ROOT, 0, 1, ROOT, 1, 4]])
+    assert independent_blocks(meta) is None
+    q, k, v = (
+        torch.randn(1, 2, 6, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    )
+    assert_close(
+        paired_attention_blocks(q, k, v, meta, 0.5),
+        paired_attention(q, k, v, meta, scale=0.5, backend="reference"),
+        atol=1e-6, rtol=1e-6, name="fallback",
+    )  # fmt: skip
+
+
 def test_reference_is_differentiable():
     meta = segment_meta([[ROOT, 0, 1, 1, PREFIX, 4, PAD]], prefix_len=2)
     q = torch.randn(1, 2, 7, 4, dtype=torch.float64, requires_grad=True)
@@ -261,7 +310,7 @@ def _separate_vs_packed(model, batch, logits):
     assert checked > 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CONTEXT_BACKENDS)
 def test_tiny_llama_packed_matches_separate_forwards(backend):
     model = tiny_llama(hidden=64)  # head dim 16, 4 query heads over 2 kv heads
     assert supports_paired_attention(model)
@@ -275,7 +324,7 @@ def test_tiny_llama_packed_matches_separate_forwards(backend):
     _separate_vs_packed(model, batch, logits)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CONTEXT_BACKENDS)
 def test_tiny_llama_with_cached_prefix(backend):
     from transformers import DynamicCache
 
