@@ -358,36 +358,87 @@ def independent_blocks(meta: SegmentMeta) -> list[tuple[int, int, int, bool]] | 
     return out
 
 
+@dataclass
+class _BlockGroup:
+    """Tries of similar length gathered into one padded SDPA call: query positions ``idx``
+    [n, L] (into the flattened [B * T] row positions; past a trie's end they repeat its last
+    one), their rows ``rows`` [n], which are real ``valid`` [n, L], and the mask [n, 1, L, P + L]
+    (the prefix's keys, then the trie's own; a padded query sees only itself)."""
+
+    idx: torch.Tensor
+    rows: torch.Tensor
+    valid: torch.Tensor
+    mask: torch.Tensor
+
+
+def _block_groups(meta: SegmentMeta, blocks, device) -> tuple[list[_BlockGroup], list]:
+    """The tries of ``blocks`` in groups of lengths within a power of two of each other, and the
+    padding blocks (cached on the metadata for this list of blocks)."""
+    cached = meta._cache.get("block_groups")
+    if cached is not None and cached[0] is blocks and cached[1] == str(device):
+        return cached[2], cached[3]
+    T, P = meta.width, meta.prefix_len
+    dense = meta.dense_mask("cpu")
+    tries = [(r, a, b) for r, a, b, pad in blocks if not pad]
+    padding = [(r, a, b) for r, a, b, pad in blocks if pad]
+    by_size: dict[int, list] = {}
+    for r, a, b in tries:
+        by_size.setdefault((b - a - 1).bit_length(), []).append((r, a, b))
+    groups = []
+    for members in by_size.values():
+        n, L = len(members), max(b - a for _, a, b in members)
+        idx = torch.empty(n, L, dtype=torch.long)
+        valid = torch.zeros(n, L, dtype=torch.bool)
+        mask = torch.zeros(n, 1, L, P + L, dtype=torch.bool)
+        mask[:, 0, :, P:] = torch.eye(L, dtype=torch.bool)  # padded queries see themselves
+        for i, (r, a, b) in enumerate(members):
+            m = b - a
+            idx[i, :m] = r * T + torch.arange(a, b)
+            idx[i, m:] = r * T + b - 1
+            valid[i, :m] = True
+            mask[i, 0, :m, :P] = dense[r, 0, a:b, :P]
+            mask[i, 0, :m, P : P + m] = dense[r, 0, a:b, P + a : P + b]
+        rows = torch.tensor([r for r, _, _ in members], dtype=torch.long)
+        groups.append(
+            _BlockGroup(idx.to(device), rows.to(device), valid.to(device), mask.to(device))
+        )
+    meta._cache["block_groups"] = (blocks, str(device), groups, padding)
+    return groups, padding
+
+
 def paired_attention_blocks(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: SegmentMeta, scale: float
 ) -> torch.Tensor:
-    """The reference's result, computing only the blocks of :func:`independent_blocks`: SDPA
-    with the dense mask cut to each trie's queries and keys (and the prefix), and a padding
-    query's own value (it attends to itself only). Same shapes as the reference; the keys a
-    query cannot see are left out instead of masked, so no work is spent on them."""
+    """The reference's result, computing only the blocks of :func:`independent_blocks`: the
+    tries, in groups of similar length, as one padded SDPA call per group (each trie's queries
+    over the prefix's keys and its own, with the dense mask cut to them), and a padding query's
+    own value (it attends to itself only). Same shapes as the reference; the keys of the row's
+    other tries are left out instead of masked, so no work is spent on them."""
     blocks = independent_blocks(meta)
     if blocks is None:
         return paired_attention_reference(q, k, v, meta, scale)
     B, Hq, T, D = q.shape
     Hkv, P = k.shape[1], meta.prefix_len
     gqa = Hq != Hkv
-    mask = meta.dense_mask(q.device)
-    out = q.new_empty(B, T, Hq, D).transpose(1, 2)
-    for r, a, b, padding in blocks:
-        if padding:
-            own = v[r, :, P + a : P + b]
-            out[r, :, a:b] = own.repeat_interleave(Hq // Hkv, dim=0) if gqa else own
-            continue
-        keys, vals = k[r : r + 1, :, P + a : P + b], v[r : r + 1, :, P + a : P + b]
-        m = mask[r : r + 1, :, a:b, P + a : P + b]
+    groups, padding = _block_groups(meta, blocks, q.device)
+    flat_q = q.transpose(1, 2).reshape(B * T, Hq, D)
+    flat_k = k[:, :, P:].transpose(1, 2).reshape(B * T, Hkv, D)
+    flat_v = v[:, :, P:].transpose(1, 2).reshape(B * T, Hkv, D)
+    out = q.new_empty(B * T, Hq, D)
+    for g in groups:
+        qs = flat_q[g.idx].transpose(1, 2)  # [n, Hq, L, D]
+        ks, vs = flat_k[g.idx].transpose(1, 2), flat_v[g.idx].transpose(1, 2)
         if P:
-            keys = torch.cat((k[r : r + 1, :, :P], keys), dim=2)
-            vals = torch.cat((v[r : r + 1, :, :P], vals), dim=2)
-            m = torch.cat((mask[r : r + 1, :, a:b, :P], m), dim=3)
-        out[r : r + 1, :, a:b] = F.scaled_dot_product_attention(
-            q[r : r + 1, :, a:b], keys, vals, attn_mask=m, scale=scale, enable_gqa=gqa
-        )
-    return out
+            ks = torch.cat((k[g.rows, :, :P], ks), dim=2)
+            vs = torch.cat((v[g.rows, :, :P], vs), dim=2)
+        res = F.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=g.mask, scale=scale, enable_gqa=gqa
+        ).transpose(1, 2)  # [n, L, Hq, D]
+        out[g.idx[g.valid]] = res[g.valid]
+    for r, a, b in padding:
+        own = flat_v[r * T + a : r * T + b]
+        out[r * T + a : r * T + b] = own.repeat_interleave(Hq // Hkv, dim=1) if gqa else own
+    return out.view(B, T, Hq, D).transpose(1, 2)
 
 
 # --------------------------------------------------------------------------------------------
