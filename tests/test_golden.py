@@ -37,6 +37,9 @@ def test_the_comparison_catches_what_it_must():
                 {"r": 0.5, "k": 3, "s": "v"}, {"r": 0.5, "k": 3}):  # fmt: skip
         got = {"a.jsonl": {"sha256": "x", "jsonl": [bad]}}
         assert differences(got, want, exact=False), bad
+    # A default changed on purpose matches the old one; any other value still differs.
+    assert differences({"row_tokens": None}, {"row_tokens": 256}, exact=False) == []
+    assert differences({"row_tokens": 512}, {"row_tokens": 256}, exact=False)
 
 
 def test_statistics_and_prose_are_compared_at_their_scale():
