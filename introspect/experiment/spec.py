@@ -317,7 +317,7 @@ def _grid(grid: dict[str, Any], fail) -> dict[str, list[Any]]:
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise fail(f"[grid] {key}", f"a value is listed twice: {values}")
         out[key] = list(values)
-    if "task" not in out:
+    if "task" not in out and "task" not in linked_keys:
         out = {"task": ["sycophancy"], **out}
     return out
 
@@ -359,7 +359,7 @@ def _endpoints(items: Any, grid, fixed, fail) -> tuple[Endpoint, ...]:
     if not isinstance(items, list):
         raise fail("[[endpoints]]", "must be a list of tables")
     out: list[Endpoint] = []
-    tasks = grid["task"]
+    tasks = _grid_values(grid, "task")
     settings = _grid_values(grid, "setting") or [fixed.get("setting", "concurrent")]
     for k, e in enumerate(items):
         where = f"[[endpoints]] #{k + 1}"

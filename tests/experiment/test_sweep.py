@@ -167,6 +167,12 @@ def test_a_linked_axis_varies_its_settings_together():
     # An endpoint may name a setting that only a linked axis gives.
     doc["grid"] = {"task": ["sycophancy"], "mode": [{"setting": "concurrent", "lr": 1e-4}]}
     assert parse_spec(doc).endpoints[0].setting == "concurrent"
+    # ... or a task: cells of a task and a learning rate each, no default task added.
+    doc["grid"] = {"cell": [{"lr": 1e-5, "task": "sycophancy"}, {"lr": 3e-6, "task": "refusal"}]}
+    spec = parse_spec(doc)
+    assert [r.name for r in spec.runs()] == ["lr-1e-05_task-sycophancy", "lr-3e-06_task-refusal"]
+    assert [r.config["tasks"] for r in spec.runs()] == [("sycophancy",), ("refusal",)]
+    assert spec.endpoints[0].task == "sycophancy"
 
 
 def test_a_complete_runs_large_weights_are_pruned(tmp_path):
