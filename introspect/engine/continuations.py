@@ -74,14 +74,19 @@ def continuation_logprobs(
         build_item(k, [list(p)], [list(c) for c in conts])
         for k, (p, conts) in enumerate(zip(prompts, continuations, strict=True))
     ]
+    from introspect.engine.fused import packing_scope
+
     out: list[torch.Tensor] = []
     start = 0
-    while start < len(items):
-        end, size = start, 0
-        while end < len(items) and (end == start or size + len(items[end].trie) <= batch_tokens):
-            size += len(items[end].trie)
-            end += 1
-        chunk = items[start:end]
-        out.extend(_run(model, chunk, _layout(model, chunk, row_tokens), row_tokens))
-        start = end
+    with packing_scope(model):
+        while start < len(items):
+            end, size = start, 0
+            while end < len(items) and (
+                end == start or size + len(items[end].trie) <= batch_tokens
+            ):
+                size += len(items[end].trie)
+                end += 1
+            chunk = items[start:end]
+            out.extend(_run(model, chunk, _layout(model, chunk, row_tokens), row_tokens))
+            start = end
     return out

@@ -4,11 +4,10 @@
 elementwise work between the matrix products: every RMS norm (``LlamaRMSNorm``'s formula), the
 gated MLP's ``act_fn(gate_proj(x)) * up_proj(x)`` with a SiLU activation, and
 ``apply_rotary_pos_emb``; and every float32 ``torch.nn.Linear`` of the decoder runs oneDNN's GEMM
-on a prepacked copy of its weight (:mod:`introspect.ops.linear`; the copies are kept with the
-plan and remade when a weight changes). Norms, MLPs and linear layers get a ``forward`` of their
-own instance (the classes are untouched); the rotary function, which the attention calls as a
-global of its modeling file, is replaced in that file's module for the duration of the block.
-Everything is restored on exit, exceptions included.
+on a prepacked copy of its weight (:mod:`introspect.ops.linear`). Norms, MLPs and linear layers
+get a ``forward`` of their own instance (the classes are untouched); the rotary function, which
+the attention calls as a global of its modeling file, is replaced in that file's module for the
+duration of the block. Everything is restored on exit, exceptions included.
 
 What is swapped is decided by behaviour, not by class names: a module is swapped only if its
 own forward gives, on a small probe, bit for bit what the PyTorch formula the fused op
@@ -16,6 +15,12 @@ implements gives. The model qualifies (Llama, Mistral, Qwen2, SmolLM2, ...) when
 layer's ``input_layernorm`` and ``post_attention_layernorm`` pass; Gemma's norms (scaled by
 ``1 + weight``) and GPT-2's LayerNorm do not, and the block then changes nothing. It also
 changes nothing on parameters off the CPU, with grad enabled, or without the compiled kernels.
+
+The packed copies live as long as a :func:`packing_scope` of the model (one extraction, one
+evaluation pass: the engine's entry points open one), or one ``fused_kernels`` block outside any
+scope. Within a scope a copy is remade when its weight's storage or version changes; across scopes
+nothing is kept, so a weight changed where no version counter sees it (``param.data.copy_(...)``)
+is never served from a stale copy by a later call.
 
 The residual add before each norm stays in the decoder layer's own forward (fusing it needs
 that forward, which differs across transformers releases): :func:`introspect.ops.rms_norm` with
@@ -36,8 +41,15 @@ import torch.nn.functional as F
 
 from introspect import _native
 from introspect.engine.forward import _base, decoder_layers
+from introspect.ops import _registry
 from introspect.ops import fused as ops
-from introspect.ops.linear import PackedWeight, linear, onednn_unavailable, pack_linear_weight
+from introspect.ops.linear import (
+    PackedWeight,
+    linear,
+    linear_onednn,
+    onednn_unavailable,
+    pack_linear_weight,
+)
 
 PACK_LINEARS = True
 """Whether :func:`fused_kernels` also runs the linear layers on prepacked oneDNN weights (off:
@@ -111,14 +123,37 @@ class FusedPlan:
     mlps: list[torch.nn.Module] = field(default_factory=list)
     rotary: list[ModuleType] = field(default_factory=list)
     linears: list[torch.nn.Linear] = field(default_factory=list)
-    packed: dict[int, PackedWeight] = field(default_factory=dict)
-    """id(linear) -> its weight's packed copy, made on first use and when the weight changes."""
 
-    def packed_weight(self, module: torch.nn.Linear) -> PackedWeight:
-        known = self.packed.get(id(module))
-        if known is None or not known.current(module.weight):
-            known = self.packed[id(module)] = pack_linear_weight(module.weight)
-        return known
+
+_Packed = dict[int, PackedWeight]  # id(linear) -> its weight's packed copy
+
+# model -> [open scopes, its packed copies]; the entry goes when the last scope closes.
+_SCOPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def packing_scope(model) -> Iterator[None]:
+    """Keeps the packed copies of ``model``'s linear weights from one ``fused_kernels`` block to
+    the next inside it (nested scopes share them); they are dropped when the model's outermost
+    scope closes."""
+    entry = _SCOPES.get(model)
+    if entry is None:
+        entry = _SCOPES[model] = [0, {}]
+    entry[0] += 1
+    try:
+        yield
+    finally:
+        entry[0] -= 1
+        if entry[0] == 0:
+            _SCOPES.pop(model, None)
+
+
+def _packed_weight(store: _Packed, module: torch.nn.Linear) -> PackedWeight:
+    """``module``'s packed weight from ``store``, packed on first use and when it changed."""
+    known = store.get(id(module))
+    if known is None or not known.current(module.weight):
+        known = store[id(module)] = pack_linear_weight(module.weight)
+    return known
 
 
 # model -> (its modules' identities, its plan): the probes run their matrix products once per
@@ -175,25 +210,52 @@ def _make_plan(model) -> FusedPlan | None:
     return plan
 
 
-def _norm_forward(norm: torch.nn.Module):
+def _picks(op: str, backend: str, sizes: dict) -> bool:
+    """Whether ``auto`` runs ``op`` on ``backend`` for float32 CPU inputs that need no grad.
+    Asked once per block: calls that fit then go straight to that backend's kernel, without
+    the per-call checks and backend selection of the op's public function (which the others
+    still take)."""
+    try:
+        name, _ = _registry.select(op, "auto", torch.device("cpu"), torch.float32, sizes)
+    except (_registry.BackendUnavailableError, ValueError):
+        return False
+    return name == backend
+
+
+def _direct(*tensors: torch.Tensor) -> bool:
+    """float32 inputs that need no grad (the case the block's own choice was made for)."""
+    grad = torch.is_grad_enabled()
+    return all(t.dtype == torch.float32 and not (grad and t.requires_grad) for t in tensors)
+
+
+def _norm_forward(norm: torch.nn.Module, cpp: bool):
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        if cpp and _direct(hidden_states, norm.weight):
+            return ops.rms_norm_cpp(hidden_states, norm.weight, norm.variance_epsilon)
         return ops.rms_norm(hidden_states, norm.weight, norm.variance_epsilon)
 
     return forward
 
 
-def _mlp_forward(mlp: torch.nn.Module):
+def _mlp_forward(mlp: torch.nn.Module, cpp: bool):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return mlp.down_proj(ops.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+        gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+        if cpp and gate.shape == up.shape and _direct(gate, up):
+            return mlp.down_proj(ops.silu_mul_cpp(gate, up))
+        return mlp.down_proj(ops.silu_mul(gate, up))
 
     return forward
 
 
-def _linear_forward(plan: FusedPlan, module: torch.nn.Linear):
+def _linear_forward(store: _Packed, module: torch.nn.Linear, onednn: bool):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:  # autocast or a caller's own dtype: the module's own path
             return F.linear(x, module.weight, module.bias)
-        return linear(x, module.weight, module.bias, packed=plan.packed_weight(module))
+        packed = _packed_weight(store, module)
+        bias = module.bias
+        if onednn and _direct(x, module.weight) and (bias is None or _direct(bias)):
+            return linear_onednn(x, module.weight, bias, packed)
+        return linear(x, module.weight, bias, packed=packed)
 
     return forward
 
@@ -210,10 +272,12 @@ def _rope_fits(q, k, cos, sin) -> bool:
     )  # fmt: skip
 
 
-def _fused_rope(original):
+def _fused_rope(original, cpp: bool = False):
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
         if args or kwargs or not _rope_fits(q, k, cos, sin):
             return original(q, k, cos, sin, *args, **kwargs)
+        if cpp and q.shape[-1] % 2 == 0 and _direct(q, k, cos, sin):
+            return ops.rope_cpp(q, k, cos, sin)
         return ops.rope(q, k, cos, sin)
 
     setattr(apply_rotary_pos_emb, _PATCHED, original)
@@ -254,16 +318,22 @@ def fused_kernels(model, enabled: bool = True) -> Iterator[bool]:
     if plan is None:
         yield False
         return
+    no_grad = {"grad": False, "why": None}
     with contextlib.ExitStack() as stack:
+        cpp = _picks(ops.RMS_NORM, "cpp", no_grad)
         for norm in plan.norms:
-            _override_forward(stack, norm, _norm_forward(norm))
+            _override_forward(stack, norm, _norm_forward(norm, cpp))
+        cpp = _picks(ops.SILU_MUL, "cpp", no_grad)
         for mlp in plan.mlps:
-            _override_forward(stack, mlp, _mlp_forward(mlp))
+            _override_forward(stack, mlp, _mlp_forward(mlp, cpp))
         for home in plan.rotary:
             original = home.apply_rotary_pos_emb
-            home.apply_rotary_pos_emb = _fused_rope(original)
+            home.apply_rotary_pos_emb = _fused_rope(original, _picks(ops.ROPE, "cpp", no_grad))
             stack.callback(setattr, home, "apply_rotary_pos_emb", original)
         if PACK_LINEARS:
+            scope = _SCOPES.get(model)
+            store: _Packed = scope[1] if scope is not None else {}
+            onednn = _picks("linear", "onednn", {**no_grad, "packed": True})
             for module in plan.linears:
-                _override_forward(stack, module, _linear_forward(plan, module))
+                _override_forward(stack, module, _linear_forward(store, module, onednn))
         yield True

@@ -334,7 +334,9 @@ def extract_pairs(
         cache=cache,
         autocast=autocast,
     )
-    with _attention_for_stream(model, config, autocast, batcher.sliding):
+    from introspect.engine.fused import packing_scope
+
+    with packing_scope(model), _attention_for_stream(model, config, autocast, batcher.sliding):
         yield from batcher.run(pairs)
 
 

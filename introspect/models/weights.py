@@ -44,5 +44,6 @@ def weights_sha256_of(model: Any) -> str:
     for name, tensor in model.state_dict().items():
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the tensor's own bytes, not a copy
+            digest.update(t.view(torch.uint8).reshape(-1).numpy())
     return digest.hexdigest()

@@ -211,22 +211,25 @@ def initial_pass_packed(model, enc_x, enc_mod, layer: int, batch: int):
     each) and the choice log-probabilities after x and after x' (lists of [C] float64)."""
     window = getattr(_text_config(model), "sliding_window", None)
     sliding = uses_sliding_window(model)
+    from introspect.engine.fused import packing_scope
+
     hs, hms, lx, lm = [], [], [], []
-    for lo in range(0, len(enc_x), batch):
-        items = [
-            build_item(i, [enc_x[i].prompt_ids, enc_mod[i].prompt_ids], enc_x[i].choice_ids)
-            for i in range(lo, min(lo + batch, len(enc_x)))
-        ]
-        longest = max(len(it.trie) for it in items)
-        # A window shorter than a row: each sequence on its own row, the model's own window.
-        deep = sliding and window and max(max(it.trie.depth) + 1 for it in items) > window
-        packed = pack(items, row_tokens=longest, layout="paths" if deep else "tree")
-        res = forward_packed(model, packed, [layer])
-        h = res.hidden[layer].double()
-        hs.append(h[0::2])
-        hms.append(h[1::2])
-        lx.extend(lp[0] for lp in res.logps)
-        lm.extend(lp[1] for lp in res.logps)
+    with packing_scope(model):
+        for lo in range(0, len(enc_x), batch):
+            items = [
+                build_item(i, [enc_x[i].prompt_ids, enc_mod[i].prompt_ids], enc_x[i].choice_ids)
+                for i in range(lo, min(lo + batch, len(enc_x)))
+            ]
+            longest = max(len(it.trie) for it in items)
+            # A window shorter than a row: each sequence on its own row, the model's own window.
+            deep = sliding and window and max(max(it.trie.depth) + 1 for it in items) > window
+            packed = pack(items, row_tokens=longest, layout="paths" if deep else "tree")
+            res = forward_packed(model, packed, [layer])
+            h = res.hidden[layer].double()
+            hs.append(h[0::2])
+            hms.append(h[1::2])
+            lx.extend(lp[0] for lp in res.logps)
+            lm.extend(lp[1] for lp in res.logps)
     return torch.cat(hs).numpy(), torch.cat(hms).numpy(), lx, lm
 
 

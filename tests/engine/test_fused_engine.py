@@ -31,13 +31,14 @@ def _count_calls(monkeypatch) -> dict:
     """Counts the cpp kernels' and the packed linear layers' calls (a context that silently
     swapped nothing runs none)."""
     calls = {}
-    real_linear = engine_fused.linear
+    for name in ("linear", "linear_onednn"):  # the op's public function, or oneDNN directly
+        real_linear = getattr(engine_fused, name)
 
-    def linear_spy(*args, **kwargs):
-        calls["linear"] = calls.get("linear", 0) + 1
-        return real_linear(*args, **kwargs)
+        def linear_spy(*args, _real=real_linear, **kwargs):
+            calls["linear"] = calls.get("linear", 0) + 1
+            return _real(*args, **kwargs)
 
-    monkeypatch.setattr(engine_fused, "linear", linear_spy)
+        monkeypatch.setattr(engine_fused, name, linear_spy)
     for name in ("_rms_op", "_silu_op", "_rope_op"):
         real = getattr(fused, name)
 
@@ -136,3 +137,56 @@ def test_context_does_nothing_with_grad_or_when_off(monkeypatch):
         assert not on
         model(input_ids=ids)
     assert not calls
+
+
+@pytest.mark.skipif("onednn" not in available_backends("linear"), reason="oneDNN linear")
+def test_packed_weights_live_one_extraction(monkeypatch):
+    """Weights packed once per extraction (not once per batch), and never reused by a later
+    extraction: a change made through ``.data`` bumps no version counter, yet the next run
+    sees it."""
+    model, tok = _llama(), tiny_tokenizer()
+    pairs = _pairs(6)
+    packs = []
+    real_pack = engine_fused.pack_linear_weight
+
+    def pack_spy(weight):
+        packs.append(weight)
+        return real_pack(weight)
+
+    monkeypatch.setattr(engine_fused, "pack_linear_weight", pack_spy)
+    first = _run(model, tok, pairs, batch_tokens=48)
+    linears = len(fused_plan(model).linears)
+    assert len(packs) == linears  # several batches, one packing
+    assert not engine_fused._SCOPES  # nothing kept once the run ends
+
+    proj = model.model.layers[1].mlp.down_proj.weight
+    version = proj._version
+    with torch.no_grad():
+        proj.data.mul_(3.0)  # invisible to the version counter
+    assert proj._version == version
+    second = _run(model, tok, pairs, batch_tokens=48)
+    unfused = _run(model, tok, pairs, batch_tokens=48, fused=False)
+    assert not np.allclose(second["f_x"], first["f_x"], atol=1e-4)  # the change is seen
+    np.testing.assert_allclose(second["f_x"], unfused["f_x"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second["f_mod"], unfused["f_mod"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif("onednn" not in available_backends("linear"), reason="oneDNN linear")
+def test_packing_scope_repacks_a_weight_changed_in_place():
+    model = _llama()
+    ids = torch.tensor([[2, 5, 9, 14, 3, 7, 21, 30]])
+    proj = model.model.layers[0].self_attn.q_proj.weight
+    with torch.inference_mode(), engine_fused.packing_scope(model):
+        with fused_kernels(model):
+            model(input_ids=ids)
+        store = engine_fused._SCOPES[model][1]
+        packed = store[id(model.model.layers[0].self_attn.q_proj)]
+        with engine_fused.packing_scope(model):  # nested: the same copies
+            assert engine_fused._SCOPES[model][1] is store
+        proj.mul_(0.5)  # bumps the version: the copy is remade at the next call
+        with fused_kernels(model):
+            inside = model(input_ids=ids).logits
+        assert store[id(model.model.layers[0].self_attn.q_proj)] is not packed
+        plain = model(input_ids=ids).logits
+    assert not engine_fused._SCOPES
+    np.testing.assert_allclose(inside, plain, rtol=1e-5, atol=1e-5)
