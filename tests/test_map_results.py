@@ -16,7 +16,14 @@ if not (DOC.is_file() and RESULTS.is_dir()):  # pragma: no cover - an installed 
     pytest.skip("the docs are not beside tests/", allow_module_level=True)
 
 STAGE0 = RESULTS / "stage0"
-SWEEPS = sorted(p.parent for p in RESULTS.glob("*/sweep.json"))
+# Each published map, by the sweep directory it lives in; a map may pool the runs of several
+# sweeps (a stage's extra seeds are a sweep of their own).
+MAPS = sorted(p.parent.parent for p in RESULTS.glob("*/map/map.json"))
+
+
+def _sources(committed: dict) -> list[Path]:
+    """The sweep directories whose runs a committed map pooled, from its runs' paths."""
+    return sorted({(ROOT / r["path"]).parent.parent for r in committed["runs"]})
 
 
 def _block(tag: str) -> list[str]:
@@ -46,14 +53,19 @@ def test_stage0_rows_are_recomputed_from_the_committed_values(smollm2):
     assert recompute_rows(STAGE0, smollm2.tokenizer) == doc["tasks"]
 
 
-@pytest.mark.parametrize("sweep", SWEEPS, ids=[s.name for s in SWEEPS])
-def test_a_published_sweeps_map_is_recomputed_from_its_predictions(sweep, tmp_path):
+def test_every_published_sweep_is_in_a_map():
+    pooled = {p for m in MAPS for p in _sources(json.loads((m / "map" / "map.json").read_text()))}
+    assert {p.parent for p in RESULTS.glob("*/sweep.json")} <= pooled
+
+
+@pytest.mark.parametrize("sweep", MAPS, ids=[s.name for s in MAPS])
+def test_a_published_map_is_recomputed_from_its_predictions(sweep, tmp_path):
     from introspect.experiment import build_map
 
     committed = json.loads((sweep / "map" / "map.json").read_text())
     o = committed["options"]
     doc = build_map(
-        [sweep], tmp_path / "map", say=lambda m: None, rho_bins=tuple(o["rho_bins"]),
+        _sources(committed), tmp_path / "map", say=lambda m: None, rho_bins=tuple(o["rho_bins"]),
         n_boot=o["n_boot"], seed=o["seed"], alpha=o["alpha"], null_min_runs=o["null_min_runs"],
         explainers=tuple(o["explainers"]),
     )  # fmt: skip
@@ -67,7 +79,7 @@ def test_a_published_sweeps_map_is_recomputed_from_its_predictions(sweep, tmp_pa
         assert json.loads(json.dumps(doc[key])) == committed[key], key
 
 
-@pytest.mark.parametrize("sweep", SWEEPS, ids=[s.name for s in SWEEPS])
+@pytest.mark.parametrize("sweep", MAPS, ids=[s.name for s in MAPS])
 def test_the_docs_endpoint_tables_are_the_committed_maps(sweep):
     from introspect.experiment.mapreport import endpoint_lines
 

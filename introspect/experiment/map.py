@@ -337,7 +337,10 @@ def decide_endpoints(data: MapData, null_rows: list[dict], opts: MapOptions) -> 
         if pts:
             est, reps = pooled(pts, opts, stats=("rho", e.statistic))
             row |= {"estimate": est[e.statistic], "rho_mean": est["rho"]["value"]}
-            row["p"] = bootstrap_p(reps[e.statistic], e.null_value, e.direction)
+            r = reps[e.statistic]
+            if e.statistic == "c":  # a replicate without a positive fit shows no tracking
+                r = np.where(np.isfinite(r), r, e.null_value)
+            row["p"] = bootstrap_p(r, e.null_value, e.direction)
         else:
             row |= {"estimate": None, "rho_mean": None, "p": math.nan}
         row["null"] = next(

@@ -13,6 +13,13 @@ gap, c) are the evaluation's own (:mod:`introspect.evaluation.decide`,
 :mod:`introspect.evaluation.metrics`), computed on the resampled pairs; replicates where a
 statistic is undefined at some point leave that point out of the replicate's mean.
 
+**The coupling index of a set of points** is the ratio of its pooled coefficients, not the mean
+of the points' ratios: each point's fit ``z(pred) = a·z(current) + b·z(labels)`` gives ``a`` and
+``b``; their means ``A`` and ``B`` (over the points, or over a replicate's drawn copies) give
+``c = A / (A + B)``, undefined where ``A + B <= 0`` (the explainer fits neither its labels nor the
+current behaviour). A point whose own ``a + b`` is near 0 has an arbitrarily large ratio, which
+would dominate a mean of ratios; it adds only its small coefficients to ``A`` and ``B``.
+
 Everything is deterministic for ``seed``: the unit draws come first, then, unit by unit in the
 order given and copy by copy, the pair draws.
 """
@@ -36,6 +43,7 @@ __all__ = [
     "hierarchical_bootstrap",
     "holm",
     "imitator_gap",
+    "pooled_c",
     "tracker_gap",
 ]
 
@@ -75,10 +83,24 @@ POINT_STATS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray
     "self": _self,
     "orig": _orig,
     "gap": lambda p, c, y: _self(p, c, y) - _orig(p, c, y),
-    "c": lambda p, c, y: _fit_rows(p, c, y)[2],
+    "a": lambda p, c, y: _fit_rows(p, c, y)[0],
+    "b": lambda p, c, y: _fit_rows(p, c, y)[1],
 }
 """The per-point statistics, each of [B, n] rows of (pred, current, labels): ρ_t (Pearson of
-current and labels), Self and Orig (Pearson), gap = Self − Orig, and the coupling index c."""
+current and labels), Self and Orig (Pearson), gap = Self − Orig, and the coefficients a and b of
+the coupling fit. The coupling index ``c`` of a set of points is derived from the means of a and
+b (see the module docstring)."""
+
+STATS = (*POINT_STATS, "c")
+"""Every statistic :func:`hierarchical_bootstrap` computes."""
+
+
+def pooled_c(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """``A / (A + B)`` of pooled coefficients, NaN where ``A + B <= 0`` or either is NaN."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    s = a + b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(s > 0, a / np.where(s > 0, s, 1.0), np.nan)
 
 
 def _unit_sums(
@@ -107,9 +129,12 @@ def hierarchical_bootstrap(
     units = [u for u in units if u.points]
     if not units:
         raise ValueError("no points to bootstrap")
-    bad = [s for s in stats if s not in POINT_STATS]
+    bad = [s for s in stats if s not in STATS]
     if bad:
-        raise ValueError(f"unknown statistics {bad}; known: {list(POINT_STATS)}")
+        raise ValueError(f"unknown statistics {bad}; known: {list(STATS)}")
+    wanted = tuple(stats)
+    if "c" in wanted:  # derived from the pooled coefficients
+        stats = tuple(dict.fromkeys(s for s in (*wanted, "a", "b") if s != "c"))
     point = {}
     for s in stats:
         vals = np.concatenate(
@@ -122,8 +147,10 @@ def hierarchical_bootstrap(
         )  # fmt: skip
         ok = np.isfinite(vals)
         point[s] = float(vals[ok].mean()) if ok.any() else math.nan
+    if "c" in wanted:
+        point["c"] = float(pooled_c(point["a"], point["b"]))
     if n_boot <= 0:
-        return point, {s: np.empty(0) for s in stats}
+        return point, {s: np.empty(0) for s in (*stats, *(("c",) if "c" in wanted else ()))}
     rng = np.random.default_rng(seed)
     k = len(units)
     draws = rng.integers(0, k, size=(n_boot, k))
@@ -141,6 +168,8 @@ def hierarchical_bootstrap(
         reps = {
             s: np.where(count[s] > 0, total[s] / np.maximum(count[s], 1), np.nan) for s in stats
         }
+    if "c" in wanted:
+        reps["c"] = pooled_c(reps["a"], reps["b"])
     return point, reps
 
 

@@ -94,6 +94,37 @@ def test_hierarchical_bootstrap_matches_a_numpy_reference_and_repeats_per_seed()
     )
 
 
+def test_cell_c_is_the_ratio_of_the_pooled_coefficients():
+    """c of a set of points is A / (A + B) of the mean coefficients (each point's own fit by
+    numpy's least squares here), so a point whose a + b nearly cancels cannot dominate it."""
+    rng = np.random.default_rng(3)
+    n = 80
+    points = list(_points(rng, n, 2, 0.6, "tracker"))
+    y, now = rng.normal(size=n), rng.normal(size=n)
+    points.append(Point(pred=0.5 * now - 0.49 * y + 0.01 * rng.normal(size=n), current=now,
+                        label=y))  # fmt: skip  # a + b nearly cancels: a large ratio of its own
+
+    def fit(pt):
+        z = lambda v: (v - v.mean()) / v.std()
+        X = np.stack([z(pt.current), z(pt.label)], axis=1)
+        return np.linalg.lstsq(X, z(pt.pred), rcond=None)[0]
+
+    coef = np.array([fit(pt) for pt in points])
+    own = coef[:, 0] / coef.sum(axis=1)
+    assert abs(own[-1]) > 5  # the mean of the ratios would be dominated by it
+    point, reps = hierarchical_bootstrap([Unit("u", tuple(points))], ("c", "gap"), n_boot=200)
+    A, B = coef.mean(axis=0)
+    assert point["c"] == pytest.approx(A / (A + B), abs=1e-9)
+    assert 0 < point["c"] < 1.5 and point["c"] != pytest.approx(own.mean(), abs=0.5)
+    lo, hi = np.nanquantile(reps["c"], [0.025, 0.975])
+    assert lo <= point["c"] <= hi
+    assert set(reps) == {"c", "gap"} | {"a", "b"} and set(point) >= {"c", "gap"}
+    # no positive fit at all: undefined
+    flat = Point(pred=-(now + y) + 0.1 * rng.normal(size=n), current=now, label=y)
+    alone, _ = hierarchical_bootstrap([Unit("u", (flat,))], ("c",), n_boot=0)
+    assert np.isnan(alone["c"])
+
+
 @pytest.mark.parametrize("rho", [0.3, 0.6, 0.9])
 def test_imitators_and_trackers_lie_on_their_curves(rho):
     rng = np.random.default_rng(1)
