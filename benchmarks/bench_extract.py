@@ -223,6 +223,25 @@ def engine(model, tokenizer, pairs, layers, autocast=None, packed_linear=True, *
     return f_x, f_mod, sum(r.tokens_unique for r in res), hidden
 
 
+def op_profile(fn, top: int = 12) -> dict:
+    """Where one call of ``fn`` spends its time: its wall seconds and, from PyTorch's profiler,
+    the ``top`` operators by self CPU time (seconds, calls), the rest summed, and the time
+    outside any operator (Python, the tokenizer, packing)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    in_ops = sum(e.self_cpu_time_total for e in ops) / 1e6
+    rows = [
+        {"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in ops[:top]
+    ]
+    rest = in_ops - sum(r["self_s"] for r in rows)
+    return {"wall_s": wall, "ops": rows, "other_ops_s": rest, "outside_ops_s": wall - in_ops}
+
+
 def max_rel_err(a: dict, b: dict, n_layers: int) -> float:
     """Largest per-row relative error ||a - b|| / ||b|| over the captured states (HF reports
     the last layer after the final norm, the engine before it: that layer is not compared)."""
@@ -247,6 +266,15 @@ def _timed(fn, rounds, warmup=None):
             times.append(time.perf_counter() - t0)
         mem.append(peak.extra_mb)
     return float(np.median(times)), out, (max(mem) if None not in mem else None)
+
+
+def _print_profile(task: str, prof: dict) -> None:
+    wall = prof["wall_s"]
+    print(f"{task}: one profiled engine run, {wall:.2f} s")
+    for r in prof["ops"]:
+        print(f"  {r['self_s']:7.3f} s {r['self_s'] / wall:6.1%} {r['calls']:7d}  {r['op']}")
+    print(f"  {prof['other_ops_s']:7.3f} s  other operators")
+    print(f"  {prof['outside_ops_s']:7.3f} s  outside any operator")
 
 
 def memory_scaling(args) -> int:
@@ -362,6 +390,12 @@ def main(argv=None) -> int:
         dest="memory_n",
         help="instead: peak memory of `introspect extract` runs of N pairs each",
     )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one exact engine run per task (PyTorch's profiler: the operators by "
+        "self CPU time) into the results' meta",
+    )
     ap.add_argument("--name", default="extract", help="results file name")
     harness.add_out_dir(ap)
     args = ap.parse_args(argv)
@@ -383,7 +417,7 @@ def main(argv=None) -> int:
         f"machine: {stamp['cpu']}, {stamp['cores']} cores; {harness.describe_roofline(roof)}; "
         f"{args.model}: {n_params / 1e6:.0f}M non-embedding parameters"
     )
-    rows = []
+    rows, profiles = [], {}
     for task in args.tasks:
         if task == "multi-feature":
             pairs = multi_feature_pairs(max(1, args.n // 6))
@@ -424,6 +458,11 @@ def main(argv=None) -> int:
                 with harness.GemmRecorder(run_model) as rec:
                     engine(run_model, tok, pairs, layers, autocast)
                 bound = rec.bound_s()
+                if args.profile:
+                    profiles[task] = op_profile(
+                        lambda m=run_model, pairs=pairs: engine(m, tok, pairs, layers)
+                    )
+                    _print_profile(task, profiles[task])
             del run_model
             d = em - ex
             if name == "engine" and mode == "float32":
@@ -480,6 +519,7 @@ def main(argv=None) -> int:
         "gemm_fp32_GFLOPs": peak,
         "roofline": roof,
         "command": "python benchmarks/bench_extract.py " + " ".join(argv or sys.argv[1:]),
+        **({"op_profile": profiles} if profiles else {}),
     }
     path, _ = harness.write_rows(args.name, rows, meta)
     print()

@@ -410,10 +410,43 @@ def whole(src: Source, names: list[str]) -> str:
     return md_table(head, rows, "---rrrrr") + "\n\n" + "\n\n".join(lines)
 
 
+def profile(src: Source, names: list[str]) -> str:
+    """``bench_extract.py --profile``: one exact engine run per task by operator (self CPU time),
+    beside the run's model-shaped bound."""
+    data = src.json(names[0])
+    bound = {r["task"]: r for r in data["rows"] if r["variant"] == "engine"}
+    rows = []
+    for task, prof in data["meta"]["op_profile"].items():
+        wall = prof["wall_s"]
+        items = [(r["op"], r["self_s"], str(r["calls"])) for r in prof["ops"]]
+        items += [
+            ("other operators", prof["other_ops_s"], ""),
+            ("outside any operator (Python, tokenizer, packing)", prof["outside_ops_s"], ""),
+        ]
+        for op, sec, calls in items:
+            rows.append(
+                [task, f"`{op}`" if calls else op, f"{sec:.2f}", f"{sec / wall:.1%}", calls]
+            )
+        b = bound.get(task, {})
+        rows.append([task, "**the run**", f"**{wall:.2f}**", "100%", ""])
+        if b.get("model_bound_s") is not None:
+            rows.append(
+                [
+                    task,
+                    "its model-shaped bound (linear layers and LM head / all)",
+                    f"{b['model_bound_linear_s']:.2f} / {b['model_bound_s']:.2f}",
+                    "",
+                    "",
+                ]
+            )
+    head = ["task", "operator", "self s", "share", "calls"]
+    return md_table(head, rows, "--rrr") + "\n\n" + provenance(src, names, data["meta"])
+
+
 RENDERERS: dict[str, Callable[[Source, list[str]], str]] = {
     f.__name__: f
     for f in (delta_probe, extract, extract_memory, kernels, peers, peers_ops, scaling, measure,
-              probe_control, probe_behaviour, suite, whole)
+              probe_control, probe_behaviour, suite, whole, profile)
 }  # fmt: skip
 
 

@@ -265,3 +265,22 @@ def test_tracked_result_files_stay_small():
     files = [ROOT / f for f in out.decode().split("\0") if f and "coupling-map/" not in f]
     assert files, "no tracked results"
     assert sum(f.stat().st_size for f in files if f.exists()) <= 2_000_000
+
+
+def test_op_profile_names_the_operators_a_call_runs():
+    import bench_extract
+
+    a, b = torch.randn(128, 128), torch.randn(128, 128)
+
+    def work():
+        for _ in range(5):
+            torch.mm(a, b).relu_()
+        return sum(range(20000))  # Python time, outside any operator
+
+    prof = bench_extract.op_profile(work, top=3)
+    names = {r["op"]: r for r in prof["ops"]}
+    assert "aten::mm" in names and names["aten::mm"]["calls"] == 5
+    assert len(prof["ops"]) <= 3
+    total = sum(r["self_s"] for r in prof["ops"]) + prof["other_ops_s"]
+    assert total + prof["outside_ops_s"] == pytest.approx(prof["wall_s"], rel=1e-6)
+    assert prof["other_ops_s"] >= 0
