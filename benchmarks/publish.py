@@ -38,6 +38,7 @@ BENCH = {
     "extract_bench": [],
     # bench_extract.py on sycophancy with its ablations and the model-shaped GEMM bound
     "extract_bound": [],
+    "extract_profile": [],  # bench_extract.py --profile
     # bench_whole.py: whole processes against their baselines
     "whole_extract": [],
     "whole_train": [],

@@ -284,3 +284,26 @@ def test_op_profile_names_the_operators_a_call_runs():
     total = sum(r["self_s"] for r in prof["ops"]) + prof["other_ops_s"]
     assert total + prof["outside_ops_s"] == pytest.approx(prof["wall_s"], rel=1e-6)
     assert prof["other_ops_s"] >= 0
+
+
+def test_peak_rss_sees_a_block_allocation_without_a_sampling_thread():
+    import threading
+
+    import bench_extract
+    import numpy as np
+
+    before = np.ones(300_000_000 // 8)  # the level at the start does not count
+    del before
+    threads = threading.active_count()
+    with bench_extract.PeakRSS() as peak:
+        busy = threading.active_count()
+        block = np.ones(200_000_000 // 8)  # touched: resident
+        del block
+    if peak.extra_mb is None:
+        pytest.skip("no /proc here")
+    assert 170 <= peak.extra_mb <= 260
+    if peak._hwm:  # the kernel's own peak: nothing runs beside the block
+        assert busy == threads
+    with bench_extract.PeakRSS() as quiet:
+        np.ones(1000).sum()
+    assert quiet.extra_mb < 50
