@@ -11,6 +11,7 @@
 #include "common.h"
 #include "delta_probe.h"
 #include "fused.h"
+#include "paired_attention.h"
 #include "pearson.h"
 #ifdef INTROSPECT_WITH_CUDA
 #include "choice_logprobs_cuda.h"
@@ -145,6 +146,45 @@ void bind_fused(py::module_& m) {
       py::call_guard<py::gil_scoped_release>());
 }
 
+// paired_attention_cpu (csrc/paired_attention.h): q, k, v, out as (address, stride b, stride h,
+// stride t); the segment metadata as addresses of int32 arrays.
+void bind_paired_attention(py::module_& m) {
+  using View = std::tuple<uintptr_t, int64_t, int64_t, int64_t>;
+  using Segments = std::tuple<uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t,
+                              uintptr_t, int64_t>;
+  m.def(
+      "paired_attention_cpu",
+      [](const View& q, const View& k, const View& v, const View& out, int64_t Hq, int64_t Hkv,
+         int64_t D, int64_t P, float scale, const Segments& seg, int threads) {
+        introspect::cpu::PairedAttentionArgs a{};
+        a.q = as_ptr<const float>(std::get<0>(q));
+        std::tie(std::ignore, a.qb, a.qh, a.qt) = q;
+        a.k = as_ptr<const float>(std::get<0>(k));
+        std::tie(std::ignore, a.kb, a.kh, a.kt) = k;
+        a.v = as_ptr<const float>(std::get<0>(v));
+        std::tie(std::ignore, a.vb, a.vh, a.vt) = v;
+        a.out = as_ptr<float>(std::get<0>(out));
+        std::tie(std::ignore, a.ob, a.oh, a.ot) = out;
+        a.Hq = Hq;
+        a.Hkv = Hkv;
+        a.D = D;
+        a.P = P;
+        a.scale = scale;
+        a.seg_row = as_ptr<const int32_t>(std::get<0>(seg));
+        a.seg_q_start = as_ptr<const int32_t>(std::get<1>(seg));
+        a.seg_q_end = as_ptr<const int32_t>(std::get<2>(seg));
+        a.seg_self_only = as_ptr<const int32_t>(std::get<3>(seg));
+        a.kv_ptr = as_ptr<const int32_t>(std::get<4>(seg));
+        a.kv_start = as_ptr<const int32_t>(std::get<5>(seg));
+        a.kv_end = as_ptr<const int32_t>(std::get<6>(seg));
+        a.segments = std::get<7>(seg);
+        if (Hkv <= 0 || Hq % Hkv != 0)
+          throw std::invalid_argument("paired_attention_cpu: Hq must be a multiple of Hkv");
+        introspect::cpu::paired_attention_fwd(a, threads);
+      },
+      py::call_guard<py::gil_scoped_release>());
+}
+
 #ifdef INTROSPECT_WITH_CUDA
 void check_cuda(const char* error, const char* what) {
   if (error != nullptr) throw std::runtime_error(std::string(what) + ": " + error);
@@ -225,6 +265,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "What this extension was built with.");
   bind_cpu(m);
   bind_fused(m);
+  bind_paired_attention(m);
 #ifdef INTROSPECT_WITH_CUDA
   bind_cuda(m);
 #endif

@@ -39,17 +39,21 @@ from dataclasses import dataclass
 
 import torch
 
+from introspect.ops import _registry
 from introspect.ops.paired_attention import (
+    OP,
     SegmentMeta,
     _autocast,
     paired_attention,
     paired_attention_blocks,
+    paired_attention_cpp,
 )
 
 ATTN_NAME = "introspect_paired"
 BLOCKS = "blocks"
-"""The context's ``backend`` that runs SDPA on each trie alone instead of the op
-(:func:`~introspect.ops.paired_attention.paired_attention_blocks`; CPU)."""
+"""The context's ``backend`` that computes each trie alone (CPU): the op's C++ kernel where the
+registry would take it for these inputs (float32, no backward needed), else SDPA on each trie
+(:func:`~introspect.ops.paired_attention.paired_attention_blocks`)."""
 KWARG = "segment_meta"
 
 # Model types whose attention modules call the AttentionInterface with q, k, v after RoPE and
@@ -117,11 +121,27 @@ def _paired_attention_forward(
         )
     if backend == BLOCKS:
         q, k, v = _autocast(query, key, value)
-        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-        out = paired_attention_blocks(q, k, v, meta, float(scale))
+        scale = float(scaling if scaling is not None else q.shape[-1] ** -0.5)
+        if _native_kernel_runs(q, k, v):
+            out = paired_attention_cpp(q, k, v, meta, scale)
+        else:
+            out = paired_attention_blocks(q, k, v, meta, scale)
     else:
         out = paired_attention(query, key, value, meta, scale=scaling, backend=backend)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _native_kernel_runs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether ``auto`` would run the op's ``cpp`` backend on these inputs (so that
+    ``INTROSPECT_BACKEND=reference`` turns it off here too)."""
+    if q.device.type != "cpu" or not (q.dtype == k.dtype == v.dtype):
+        return False
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    try:
+        name, _ = _registry.select(OP, "auto", q.device, q.dtype, {"grad": grad})
+    except _registry.BackendUnavailableError:
+        return False
+    return name == "cpp"
 
 
 def register_paired_attention(name: str = ATTN_NAME) -> str:

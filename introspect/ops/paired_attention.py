@@ -24,8 +24,10 @@ by ``pack``.
 ``paired_attention(q, k, v, meta)`` computes softmax(q kᵀ · scale + mask) v for q ``[B, Hq, T,
 Dh]`` and k, v ``[B, Hkv, P + T, Dh]`` (grouped-query attention when Hq is a multiple of Hkv;
 RoPE is applied by the caller). Backends: ``reference`` (torch SDPA with the dense mask,
-differentiable) and ``triton`` (forward only: one program per segment query block and head,
-looping over the segment's key intervals only).
+differentiable), ``cpp`` (float32 CPU tensors, forward only: tiles of a segment's queries over
+the keys each sees, read in place; ``csrc/paired_attention.cpp``) and ``triton`` (forward only:
+one program per segment query block and head, looping over the segment's key intervals only).
+The forward-only backends are taken by ``auto`` only when autograd will not need a backward.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from introspect import _native
 from introspect.ops import _checks, _registry
 
 OP = "paired_attention"
@@ -482,6 +485,8 @@ def _(q, k, v, *args):
 
 
 def _triton_accepts(sizes: dict) -> str | None:
+    if sizes.get("grad"):
+        return "it has no backward, and an input requires grad with grad enabled"
     if sizes["D"] > _TRITON_MAX_HEAD_DIM:
         return f"the Triton kernel takes head dims up to {_TRITON_MAX_HEAD_DIM}, got {sizes['D']}"
     return None
@@ -501,6 +506,46 @@ def paired_attention_triton(
         q, k, v, meta.seg_row, meta.seg_q_start, meta.seg_q_end, meta.seg_self_only, meta.kv_ptr,
         meta.kv_start, meta.kv_end, blk_seg, blk_q0, meta.prefix_len, float(scale), block_m,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# cpp: introspect._C on float32 CPU tensors (forward only)
+# --------------------------------------------------------------------------------------------
+
+
+def _cpp_accepts(sizes: dict) -> str | None:
+    C = _native.load()
+    if C is not None and not hasattr(C, "paired_attention_cpu"):
+        return "introspect._C has no paired_attention_cpu (built before it was added): rebuild it"
+    if sizes.get("grad"):
+        return "it has no backward, and an input requires grad with grad enabled"
+    return None
+
+
+def _view(t: torch.Tensor) -> tuple[int, int, int, int]:
+    return (t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
+
+
+@_registry.register(OP, "cpp", devices={"cpu"}, dtypes={torch.float32}, accepts=_cpp_accepts)
+def paired_attention_cpp(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: SegmentMeta, scale: float
+) -> torch.Tensor:
+    """The C++ kernel: [B, Hq, T, Dh] (a transposed view of [B, T, Hq, Dh] storage)."""
+    C = _native.load()
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = _empty_out(q)
+    segs = [
+        t.contiguous()
+        for t in (meta.seg_row, meta.seg_q_start, meta.seg_q_end, meta.seg_self_only,
+                  meta.kv_ptr, meta.kv_start, meta.kv_end)
+    ]  # fmt: skip
+    C.paired_attention_cpu(
+        _view(q), _view(k), _view(v), _view(out), q.shape[1], k.shape[1], q.shape[3],
+        meta.prefix_len,
+        float(scale), (*(t.data_ptr() for t in segs), meta.num_segments),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,7 +582,8 @@ def paired_attention(
             first, then the row's own); Hq must be a multiple of Hkv.
         meta: :class:`SegmentMeta` of the batch (from :func:`segment_meta`), B rows of width T.
         scale: softmax scale (default ``Dh ** -0.5``).
-        backend: ``"auto"``, ``"reference"`` or ``"triton"`` (forward only).
+        backend: ``"auto"``, ``"reference"``, ``"cpp"`` or ``"triton"`` (the last two forward
+            only).
 
     Returns:
         [B, Hq, T, Dh] in q's dtype. Padding positions attend to themselves only.
@@ -578,6 +624,7 @@ def paired_attention(
     meta = meta.to(q.device)
     if B * T == 0 or Hq == 0 or D == 0:
         return q.new_zeros(q.shape)
-    sizes = {"B": B, "Hq": Hq, "Hkv": Hkv, "T": T, "P": meta.prefix_len, "D": D}
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    sizes = {"B": B, "Hq": Hq, "Hkv": Hkv, "T": T, "P": meta.prefix_len, "D": D, "grad": grad}
     _, impl = _registry.select(OP, backend, q.device, q.dtype, sizes)
     return impl.fn(q, k, v, meta, float(scale))
