@@ -306,29 +306,37 @@ class GemmRecorder:
             return self._op(h, weight, *args, **kwargs)
 
         ops.choice_logprobs = choice_logprobs
-        # Attention per trie: one product pair per non-padding block and layer.
+        # Attention per trie (SDPA per trie group, or the C++ kernel over the same tries): one
+        # product pair per non-padding block and layer.
         import introspect.engine.attention as engine_attention
         from introspect.ops.paired_attention import independent_blocks
 
-        self._blocks = engine_attention.paired_attention_blocks
+        self._per_trie = {
+            name: getattr(engine_attention, name)
+            for name in ("paired_attention_blocks", "paired_attention_cpp")
+        }
 
-        def blocks(q, k, v, meta, scale):
-            found = independent_blocks(meta)
-            if found is not None:
-                self._blocks_seen = True
-                for _, a, b, padding in found:
-                    if not padding:
-                        key = (
-                            q.shape[1],
-                            b - a,
-                            meta.prefix_len + b - a,
-                            q.shape[-1],
-                            str(q.dtype),
-                        )
-                        self.attention[key] = self.attention.get(key, 0) + 1
-            return self._blocks(q, k, v, meta, scale)
+        def recorded(fn):
+            def per_trie(q, k, v, meta, scale):
+                found = independent_blocks(meta)
+                if found is not None:
+                    self._blocks_seen = True
+                    for _, a, b, padding in found:
+                        if not padding:
+                            key = (
+                                q.shape[1],
+                                b - a,
+                                meta.prefix_len + b - a,
+                                q.shape[-1],
+                                str(q.dtype),
+                            )
+                            self.attention[key] = self.attention.get(key, 0) + 1
+                return fn(q, k, v, meta, scale)
 
-        engine_attention.paired_attention_blocks = blocks
+            return per_trie
+
+        for name, fn in self._per_trie.items():
+            setattr(engine_attention, name, recorded(fn))
         return self
 
     def __exit__(self, *exc):
@@ -337,7 +345,8 @@ class GemmRecorder:
         ops.choice_logprobs = self._op
         import introspect.engine.attention as engine_attention
 
-        engine_attention.paired_attention_blocks = self._blocks
+        for name, fn in self._per_trie.items():
+            setattr(engine_attention, name, fn)
         for h in self.handles:
             h.remove()
         self.handles = []

@@ -526,26 +526,47 @@ def _view(t: torch.Tensor) -> tuple[int, int, int, int]:
     return (t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
 
 
+def _cpp_kernel(q, k, v, seg_row, seg_q_start, seg_q_end, seg_self_only, kv_ptr, kv_start,
+                kv_end, prefix_len, scale):  # fmt: skip
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    segs = [
+        t.contiguous()
+        for t in (seg_row, seg_q_start, seg_q_end, seg_self_only, kv_ptr, kv_start, kv_end)
+    ]
+    out = _empty_out(q)
+    _native.load().paired_attention_cpu(
+        _view(q), _view(k), _view(v), _view(out), q.shape[1], k.shape[1], q.shape[3],
+        prefix_len, scale, (*(t.data_ptr() for t in segs), segs[0].shape[0]),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+# A custom op (forward only), so that profiles name it and autograd sees it as opaque.
+_cpp_op = torch.library.custom_op(
+    "introspect::paired_attention_cpp", _cpp_kernel, mutates_args=(), device_types=("cpu",),
+    schema=(
+        "(Tensor q, Tensor k, Tensor v, Tensor seg_row, Tensor seg_q_start, Tensor seg_q_end, "
+        "Tensor seg_self_only, Tensor kv_ptr, Tensor kv_start, Tensor kv_end, int prefix_len, "
+        "float scale) -> Tensor"
+    ),
+)  # fmt: skip
+
+
+@_cpp_op.register_fake
+def _(q, k, v, *args):
+    return _empty_out(q)
+
+
 @_registry.register(OP, "cpp", devices={"cpu"}, dtypes={torch.float32}, accepts=_cpp_accepts)
 def paired_attention_cpp(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: SegmentMeta, scale: float
 ) -> torch.Tensor:
     """The C++ kernel: [B, Hq, T, Dh] (a transposed view of [B, T, Hq, Dh] storage)."""
-    C = _native.load()
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    out = _empty_out(q)
-    segs = [
-        t.contiguous()
-        for t in (meta.seg_row, meta.seg_q_start, meta.seg_q_end, meta.seg_self_only,
-                  meta.kv_ptr, meta.kv_start, meta.kv_end)
-    ]  # fmt: skip
-    C.paired_attention_cpu(
-        _view(q), _view(k), _view(v), _view(out), q.shape[1], k.shape[1], q.shape[3],
-        meta.prefix_len,
-        float(scale), (*(t.data_ptr() for t in segs), meta.num_segments),
-        torch.get_num_threads(),
+    return _cpp_op(
+        q, k, v, meta.seg_row, meta.seg_q_start, meta.seg_q_end, meta.seg_self_only,
+        meta.kv_ptr, meta.kv_start, meta.kv_end, meta.prefix_len, float(scale),
     )  # fmt: skip
-    return out
 
 
 # --------------------------------------------------------------------------------------------
