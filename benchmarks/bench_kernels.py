@@ -13,6 +13,11 @@ silu_mul, rope), reference (the PyTorch formulas) against cpp at SmolLM2's shape
 tokens, hidden 576, intermediate 1536, 9 query / 3 key-value heads of 64), float32 and
 bfloat16: median time, speed-up and the fraction of read bandwidth their bytes moved reach.
 
+paired_attention on the CPU over packed pair tries at SmolLM2's heads (rows of pair tries: a
+shared prefix, x's suffix, an x' suffix; float32): the dense-mask reference (SDPA over whole
+rows), SDPA per trie group (``blocks``) and the C++ kernel, with the fraction of the fp32 GEMM
+rate that the exact products (each query over the keys it sees) reach.
+
 On a GPU (when present): each native backend (cuda, triton) against the PyTorch equivalent
 (full logits in float32 + log_softmax), float32 and bfloat16, with TFLOP/s and peak memory.
 
@@ -37,7 +42,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 
-from introspect.ops import available_backends, choice_logprobs, rms_norm, rope, silu_mul
+from introspect.ops import (
+    available_backends,
+    choice_logprobs,
+    paired_attention,
+    rms_norm,
+    rope,
+    segment_meta,
+    silu_mul,
+)
+from introspect.ops.paired_attention import paired_attention_blocks
 
 FULL = {"M": 4096, "V": 49152, "D": 576, "C": 4}
 QUICK = {"M": 512, "V": 8192, "D": 576, "C": 4}
@@ -45,6 +59,9 @@ COMPILE_TIMEOUT_S = 600
 # SmolLM2-135M: tokens per forward, hidden, intermediate, query / key-value heads, head dim.
 FUSED = {"T": 2048, "H": 576, "I": 1536, "Hq": 9, "Hk": 3, "D": 64}
 FUSED_QUICK = {**FUSED, "T": 256}
+# Attention rows: pair tries (prefix, x suffix, x' suffix tokens) per row, rows.
+ATTENTION = {"prefix": 40, "x": 80, "mod": 60, "tries": 11, "rows": 4}
+ATTENTION_QUICK = {**ATTENTION, "tries": 3, "rows": 2}
 
 
 def _inputs(M: int, V: int, D: int, C: int, dtype=torch.float32, device="cpu", seed=0):
@@ -267,6 +284,67 @@ def _fused_section(quick: bool, rounds: int, read_gbps: float) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------ paired_attention
+
+
+def _pair_row(size: dict) -> list[int]:
+    """Parents of one packed row of ``tries`` pair tries."""
+    row: list[int] = []
+    for _ in range(size["tries"]):
+        off, n = len(row), size["prefix"] + size["x"]
+        row += [-1] + [off + i for i in range(n - 1)]
+        branch = len(row)
+        row += [off + size["prefix"] - 1] + [branch + i for i in range(size["mod"] - 1)]
+    return row
+
+
+def attention_rows(size: dict, heads: dict, rounds: int, gemm_gflops: float) -> list[dict]:
+    meta = segment_meta([_pair_row(size)] * size["rows"])
+    B, T, Hq, Hk, D = meta.rows, meta.width, heads["Hq"], heads["Hk"], heads["D"]
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, T, Hq, D, generator=g).transpose(1, 2)  # as a Llama forward hands them
+    k, v = (torch.randn(B, T, Hk, D, generator=g).transpose(1, 2) for _ in range(2))
+    scale = D**-0.5
+    fns = {
+        "reference": lambda: paired_attention(q, k, v, meta, backend="reference"),
+        "blocks": lambda: paired_attention_blocks(q, k, v, meta, scale),
+        "cpp": lambda: paired_attention(q, k, v, meta, backend="cpp"),
+    }
+    with torch.no_grad():
+        ref = fns["reference"]()
+        errs = {name: float((fn() - ref).abs().max()) for name, fn in fns.items()}
+        timing = _interleaved(fns, rounds)
+    seen = int(meta.dense_mask("cpu").sum())  # (query, key) pairs attended
+    flops = 4.0 * seen * Hq * D  # scores and values, 2 flops per multiply-add
+    base = timing["reference"]["median_s"]
+    return [
+        {"device": "cpu", "op": "paired_attention", "variant": name, "dtype": "float32",
+         **size, **heads, "T": T, "median_ms": t["median_s"] * 1e3, "p10_ms": t["p10_s"] * 1e3,
+         "p90_ms": t["p90_s"] * 1e3, "repeats": t["repeats"],
+         "speedup_vs_reference": base / t["median_s"],
+         "fraction_of_gemm_peak": flops / t["median_s"] / 1e9 / gemm_gflops,
+         "max_abs_diff_vs_reference": errs[name] if name != "reference" else None}
+        for name, t in timing.items()
+    ]  # fmt: skip
+
+
+def _attention_section(quick: bool, rounds: int, gemm_gflops: float) -> list[dict]:
+    if "cpp" not in available_backends("paired_attention"):
+        print("paired_attention: skipped: no cpp backend")
+        return [{"device": "cpu", "op": "paired_attention", "skipped": "no cpp backend"}]
+    size = ATTENTION_QUICK if quick else ATTENTION
+    heads = {k: FUSED[k] for k in ("Hq", "Hk", "D")}
+    shape = " ".join(f"{k}={v}" for k, v in {**size, **heads}.items())
+    print(f"paired_attention, CPU, float32, {shape} ({rounds} rounds)", flush=True)
+    rows = attention_rows(size, heads, rounds, gemm_gflops)
+    for r in rows:
+        diff = r["max_abs_diff_vs_reference"]
+        print(f"  {r['variant']:<10} {r['median_ms']:8.2f} ms  x{r['speedup_vs_reference']:.2f}  "
+              f"{r['fraction_of_gemm_peak']:.2f} of fp32 GEMM"
+              + (f"  max|diff| {diff:.1e}" if diff is not None else ""), flush=True)  # fmt: skip
+    return rows
+
+
 # ------------------------------------------------------------------------ GPU section
 
 
@@ -374,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                  if args.quick else ""))  # fmt: skip
 
     fused = _fused_section(args.quick, rounds, roof["memory_bandwidth"]["read_GBps"])
+    fused += _attention_section(args.quick, rounds, gemm)
 
     if torch.cuda.is_available():
         print(f"GPU: {stamp['cuda_device']}")

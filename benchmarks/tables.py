@@ -202,13 +202,29 @@ def kernels(src: Source, names: list[str]) -> str:
         [f"`{r['op']}`", r["dtype"], f"`{r['variant']}`", f"{r['median_ms']:.2f}",
          f"{r['speedup_vs_reference']:.2f}×", f"{r['fraction_of_read_bw']:.2f}",
          _f(r.get("max_abs_diff_vs_reference"), ".1e")]
-        for r in done if not _is_head_row(r)
+        for r in done if not _is_head_row(r) and r["op"] != "paired_attention"
+    ]  # fmt: skip
+    attention = [
+        [f"`{r['variant']}`", f"{r['median_ms']:.2f}", f"{r['speedup_vs_reference']:.2f}×",
+         f"{r['fraction_of_gemm_peak']:.2f}", _f(r.get("max_abs_diff_vs_reference"), ".1e")]
+        for r in done if r.get("op") == "paired_attention"
     ]  # fmt: skip
     if fused:
         head = ["op", "dtype", "backend", "median ms", "speed vs reference", "of read bw",
                 "max |diff| vs reference"]  # fmt: skip
         note = "Fused elementwise ops of a Llama-family forward against the PyTorch formulas:"
         out.append(note + "\n\n" + md_table(head, fused, "---rrrr"))
+    if attention:
+        r = next(r for r in done if r.get("op") == "paired_attention")
+        note = (
+            f"`paired_attention` over {r['rows']} rows of {r['tries']} pair tries each (a "
+            f"{r['prefix']}-token prefix, {r['x']}- and {r['mod']}-token suffixes; T = {r['T']}), "
+            f'{r["Hq"]} query / {r["Hk"]} key-value heads of {r["D"]}, float32; "of fp32 '
+            'GEMM" counts only the products over the keys each query sees:'
+        )
+        head = ["backend", "median ms", "speed vs reference", "of fp32 GEMM",
+                "max |diff| vs reference"]  # fmt: skip
+        out.append(note + "\n\n" + md_table(head, attention, "-rrrr"))
     gpu = [
         [r["dtype"], f"`{r['variant']}`", f"{r['median_ms']:.3f}", f"{r['TFLOPs']:.1f}",
          f"{r['speedup_vs_naive']:.2f}×", f"{r['peak_extra_MiB']:.1f}",

@@ -58,13 +58,18 @@ def test_summary_lists_the_fused_ops_against_their_reference():
          "speedup_vs_reference": 1.0, "fraction_of_read_bw": 0.2},
         {"device": "cpu", "op": "silu_mul", "variant": "cpp", "T": 256, "dtype": "float32",
          "speedup_vs_reference": 1.7, "fraction_of_read_bw": 0.34},
+        {"device": "cpu", "op": "paired_attention", "variant": "cpp", "T": 540,
+         "dtype": "float32", "speedup_vs_reference": 4.9, "fraction_of_gemm_peak": 0.11},
+        {"device": "cpu", "op": "paired_attention", "skipped": "no cpp backend"},
     ]  # fmt: skip
     out = summary.lines("kernels_quick", {"meta": {}, "rows": rows})
     assert [o["what"] for o in out] == [
         "choice_logprobs reference M=4 V=8: vs naive",
         "silu_mul cpp float32 T=256: vs reference",
+        "paired_attention cpp float32 T=540: vs reference",
     ]
     assert out[1]["value"] == "1.70×" and out[1]["ceiling"] == "0.34 of read bw"
+    assert out[2]["value"] == "4.90×" and out[2]["ceiling"] == "0.11 of fp32 GEMM"
 
 
 def test_summary_writes_markdown(tmp_path, monkeypatch, capsys):
