@@ -211,9 +211,10 @@ def _add_engine_options(ext: argparse.ArgumentParser) -> None:
         default="auto",
         help=(
             "attention of the packed rows: mask (the model's own attention with a 4D mask), "
-            "paired (the segment kernel, no dense mask), blocks (SDPA on each pair's tokens "
-            "alone, skipping the other pairs of the row), auto (paired on a GPU and blocks on "
-            "the CPU where the model supports them, else mask)"
+            "paired (the segment kernel, no dense mask), blocks (each pair's tokens alone, "
+            "skipping the other pairs of the row: the C++ kernel in float32, else SDPA per "
+            "pair), auto (paired on a GPU and blocks on the CPU where the model supports them, "
+            "else mask)"
         ),
     )
     ext.add_argument(
