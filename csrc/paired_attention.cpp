@@ -171,22 +171,35 @@ void run_tile(const PairedAttentionArgs& a, const Tile& tile, Scratch& s) {
 void paired_attention_fwd(const PairedAttentionArgs& a, int threads) {
   const int64_t G = a.Hq / a.Hkv;
   std::vector<Tile> tiles;
+  std::vector<int64_t> cost_end;  // cumulative cost (keys read) after each tile
   int64_t work = 0;
   for (int64_t seg = 0; seg < a.segments; ++seg) {
-    const int64_t len = a.seg_q_end[seg] - a.seg_q_start[seg];
+    const int64_t q0 = a.seg_q_start[seg], len = a.seg_q_end[seg] - q0;
     int64_t seen = 0;
     for (int32_t i = a.kv_ptr[seg]; i < a.kv_ptr[seg + 1]; ++i) seen += a.kv_end[i] - a.kv_start[i];
-    work += (seen + len) * len * G * a.Hkv;
     for (int64_t h = 0; h < a.Hkv; ++h)
-      for (int64_t first = 0; first < len * G; first += kLanes)
+      for (int64_t first = 0; first < len * G; first += kLanes) {
         tiles.push_back({static_cast<int32_t>(seg), static_cast<int32_t>(h),
                          static_cast<int32_t>(first)});
+        const int64_t last = std::min(first + kLanes, len * G) - 1;
+        work += a.seg_self_only[seg] ? 1 : seen + last / G + 1;
+        cost_end.push_back(work);
+      }
   }
-  parallel_ranges(static_cast<int64_t>(tiles.size()), threads_for(work * a.D, threads),
-                  [&](int, int64_t begin, int64_t end) {
-                    Scratch s;
-                    for (int64_t t = begin; t < end; ++t) run_tile(a, tiles[t], s);
-                  });
+  // Each thread takes a contiguous run of tiles of about equal cost (tiles of long segments
+  // read more keys than those of short ones).
+  const int team = threads_for(work * a.D * kLanes, threads);
+  std::vector<int64_t> bounds(team + 1, static_cast<int64_t>(tiles.size()));
+  bounds[0] = 0;
+  for (int t = 1; t < team; ++t) {
+    const int64_t target = work * t / team;
+    bounds[t] = std::lower_bound(cost_end.begin(), cost_end.end(), target) - cost_end.begin();
+  }
+  parallel_ranges(team, team, [&](int, int64_t begin, int64_t end) {
+    Scratch s;
+    for (int64_t part = begin; part < end; ++part)
+      for (int64_t t = bounds[part]; t < bounds[part + 1]; ++t) run_tile(a, tiles[t], s);
+  });
 }
 
 }  // namespace introspect::cpu
