@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from introspect.engine.forward import forward_packed, uses_sliding_window
+from introspect.engine.forward import forward_packed, resolve_attention, uses_sliding_window
 from introspect.engine.layout import tree_layout_problem
 from introspect.engine.packing import PackedItem, build_item, pack
 
@@ -28,9 +28,14 @@ def _window(model) -> int | None:
     return getattr(cfg, "sliding_window", None)
 
 
-def _run(model, items: list[PackedItem], layout: str, row_tokens: int) -> list[torch.Tensor]:
+def _run(
+    model, items: list[PackedItem], layout: str, row_tokens: int, attention: str = "mask"
+) -> list[torch.Tensor]:
+    attention = resolve_attention(model, attention, layout)
+    if attention in ("blocks", "paired"):  # each trie attends alone: one row, no padding
+        row_tokens = sum(len(i.trie) for i in items)
     packed = pack(items, row_tokens=row_tokens, layout=layout)
-    res = forward_packed(model, packed, head="rows", attention="mask")
+    res = forward_packed(model, packed, head="rows", attention=attention)
     return [per_item[0] for per_item in res.logps]
 
 
@@ -58,11 +63,15 @@ def continuation_logprobs(
     *,
     batch_tokens: int = 2048,
     row_tokens: int = 256,
+    attention: str = "auto",
 ) -> list[torch.Tensor]:
     """``out[k][c]`` = log p(continuation c | prompt k), summed over its tokens (float64, on
     the CPU), from packed forwards of at most about ``batch_tokens`` positions each (a trie
     longer than that runs alone). Prompts and continuations are token ids; every continuation
-    has at least one token."""
+    has at least one token. ``attention`` as in the extraction engine
+    (:func:`~introspect.engine.forward.resolve_attention`): ``auto`` computes each trie alone
+    (one row per forward, no padding) where the model supports it, else the model's attention
+    with the packed mask in rows of ``row_tokens``."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(continuations)} continuation lists for {len(prompts)} prompts")
     for k, (p, conts) in enumerate(zip(prompts, continuations, strict=True)):
@@ -87,6 +96,7 @@ def continuation_logprobs(
                 size += len(items[end].trie)
                 end += 1
             chunk = items[start:end]
-            out.extend(_run(model, chunk, _layout(model, chunk, row_tokens), row_tokens))
+            layout = _layout(model, chunk, row_tokens)
+            out.extend(_run(model, chunk, layout, row_tokens, attention))
             start = end
     return out

@@ -206,11 +206,15 @@ def objective_logprob(
     model: Any, tokenizer: Any, pairs: Sequence[Pair], objective: str, *, batch_size: int = 16
 ) -> float:
     """Mean log p(objective's choice | x) over ``pairs``: how far the model has moved towards
-    the objective."""
+    the objective. Each x and its choice run as one packed trie with the engine
+    (:func:`~introspect.engine.continuations.continuation_logprobs`); ``batch_size`` is
+    ignored (kept for callers that pass it)."""
+    from introspect.engine.continuations import continuation_logprobs
+
     targets = sft_targets(pairs, objective)
     enc = encode_pairs(tokenizer, pairs)
-    total = 0.0
-    for lo in range(0, len(pairs), batch_size):
-        lp, _ = target_forward(model, enc[lo : lo + batch_size], targets[lo : lo + batch_size])
-        total += float(lp.double().sum())
-    return total / max(1, len(pairs))
+    if not enc:
+        return 0.0
+    chosen = [[e.choice_ids[t]] for e, t in zip(enc, targets, strict=True)]
+    logps = continuation_logprobs(model, [e.prompt_ids for e in enc], chosen)
+    return float(sum(float(lp[0]) for lp in logps)) / len(pairs)

@@ -37,10 +37,13 @@ def _data(seed: int = 0):
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
 @pytest.mark.parametrize("batch_tokens", [16, 4096])
-def test_equals_plain_forwards(arch, batch_tokens):
+@pytest.mark.parametrize("attention", ["auto", "mask"])
+def test_equals_plain_forwards(arch, batch_tokens, attention):
     model = MODELS[arch]()
     prompts, conts = _data()
-    got = continuation_logprobs(model, prompts, conts, batch_tokens=batch_tokens, row_tokens=32)
+    got = continuation_logprobs(
+        model, prompts, conts, batch_tokens=batch_tokens, row_tokens=32, attention=attention
+    )
     assert len(got) == len(prompts)
     for p, cs, lp in zip(prompts, conts, got, strict=True):
         assert lp.dtype == torch.float64 and lp.shape == (len(cs),)
@@ -91,3 +94,25 @@ def test_a_head_with_adapters_is_run_not_read():
     res = list(extract_pairs(model, tok, pairs, ExtractConfig(batch_tokens=64)))
     np.testing.assert_allclose(np.concatenate([r.f_x for r in res]), ref.f_x, atol=1e-4)
     np.testing.assert_allclose(np.concatenate([r.f_mod for r in res]), ref.f_mod, atol=1e-4)
+
+
+def test_objective_logprob_equals_the_padded_forward():
+    """The objective's log-probability, from packed tries, against one padded forward of every
+    x followed by the objective's choice (``target_forward``)."""
+    from tiny import tiny_llama, tiny_tokenizer
+
+    from introspect.data.tasks import generate
+    from introspect.training.objectives import (
+        encode_pairs,
+        objective_logprob,
+        sft_targets,
+        target_forward,
+    )
+
+    model, tok = tiny_llama(hidden=64), tiny_tokenizer()
+    pairs = generate("sycophancy", 7, seed=1)
+    with torch.no_grad():
+        got = objective_logprob(model, tok, pairs, "anti-sycophancy")
+        targets = sft_targets(pairs, "anti-sycophancy")
+        want, _ = target_forward(model, encode_pairs(tok, pairs), targets)
+    assert got == pytest.approx(float(want.double().mean()), abs=1e-5)
