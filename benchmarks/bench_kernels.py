@@ -268,20 +268,29 @@ def fused_rows(size: dict, rounds: int, read_gbps: float) -> list[dict]:
     return rows
 
 
-def _fused_section(quick: bool, rounds: int, read_gbps: float) -> list[dict]:
-    size = FUSED_QUICK if quick else FUSED
-    if "cpp" not in available_backends("rms_norm"):
-        print("fused ops: skipped: no cpp backend")
-        return [{"device": "cpu", "op": "fused", "skipped": "no cpp backend"}]
-    shape = " ".join(f"{k}={v}" for k, v in size.items())
-    print(f"fused elementwise ops, CPU, {shape} ({rounds} rounds)", flush=True)
-    rows = fused_rows(size, rounds, read_gbps)
+def _section(probe_op: str, row_op: str, title: str, make_rows, line) -> list[dict]:
+    """One CPU section, where ``probe_op`` has a cpp backend: ``title``, then ``line(row)`` for
+    each row ``make_rows()`` gives (else one skipped row for ``row_op``)."""
+    if "cpp" not in available_backends(probe_op):
+        print(f"{row_op}: skipped: no cpp backend")
+        return [{"device": "cpu", "op": row_op, "skipped": "no cpp backend"}]
+    print(title, flush=True)
+    rows = make_rows()
     for r in rows:
         diff = r["max_abs_diff_vs_reference"]
-        print(f"  {r['op']:<18} {r['dtype']:<9} {r['variant']:<10} {r['median_ms']:8.2f} ms  "
-              f"x{r['speedup_vs_reference']:.2f}  {r['fraction_of_read_bw']:.3f} of read bw"
-              + (f"  max|diff| {diff:.1e}" if diff is not None else ""), flush=True)  # fmt: skip
+        print(line(r) + (f"  max|diff| {diff:.1e}" if diff is not None else ""), flush=True)
     return rows
+
+
+def _fused_section(quick: bool, rounds: int, read_gbps: float) -> list[dict]:
+    size = FUSED_QUICK if quick else FUSED
+    shape = " ".join(f"{k}={v}" for k, v in size.items())
+    return _section(
+        "rms_norm", "fused", f"fused elementwise ops, CPU, {shape} ({rounds} rounds)",
+        lambda: fused_rows(size, rounds, read_gbps),
+        lambda r: f"  {r['op']:<18} {r['dtype']:<9} {r['variant']:<10} {r['median_ms']:8.2f} ms"
+                  f"  x{r['speedup_vs_reference']:.2f}  {r['fraction_of_read_bw']:.3f} of read bw",
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------ paired_attention
@@ -329,20 +338,17 @@ def attention_rows(size: dict, heads: dict, rounds: int, gemm_gflops: float) -> 
 
 
 def _attention_section(quick: bool, rounds: int, gemm_gflops: float) -> list[dict]:
-    if "cpp" not in available_backends("paired_attention"):
-        print("paired_attention: skipped: no cpp backend")
-        return [{"device": "cpu", "op": "paired_attention", "skipped": "no cpp backend"}]
     size = ATTENTION_QUICK if quick else ATTENTION
     heads = {k: FUSED[k] for k in ("Hq", "Hk", "D")}
     shape = " ".join(f"{k}={v}" for k, v in {**size, **heads}.items())
-    print(f"paired_attention, CPU, float32, {shape} ({rounds} rounds)", flush=True)
-    rows = attention_rows(size, heads, rounds, gemm_gflops)
-    for r in rows:
-        diff = r["max_abs_diff_vs_reference"]
-        print(f"  {r['variant']:<10} {r['median_ms']:8.2f} ms  x{r['speedup_vs_reference']:.2f}  "
-              f"{r['fraction_of_gemm_peak']:.2f} of fp32 GEMM"
-              + (f"  max|diff| {diff:.1e}" if diff is not None else ""), flush=True)  # fmt: skip
-    return rows
+    return _section(
+        "paired_attention", "paired_attention",
+        f"paired_attention, CPU, float32, {shape} ({rounds} rounds)",
+        lambda: attention_rows(size, heads, rounds, gemm_gflops),
+        lambda r: f"  {r['variant']:<10} {r['median_ms']:8.2f} ms  "
+                  f"x{r['speedup_vs_reference']:.2f}  "
+                  f"{r['fraction_of_gemm_peak']:.2f} of fp32 GEMM",
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------ GPU section
