@@ -367,9 +367,15 @@ def check_tree_layout(
     """``None`` if ``model`` honours the packed 4D mask (the ``tree`` layout gives the same
     log-probabilities as running each sequence on its own on ``pair``), else why not."""
     # logprob: any number of choices
+    from introspect.errors import IntrospectError
+
     config = ExtractConfig(behaviour="logprob", prefix_cache=False, fused=fused)
     try:
         tree = next(iter(extract_pairs(model, tokenizer, [pair], config)))
+    except (
+        IntrospectError
+    ):  # the input's fault (a prompt the tokenizer cannot render), not the mask's
+        raise
     except Exception as exc:  # an attention implementation that rejects the mask
         return f"the packed forward failed: {type(exc).__name__}: {exc}"
     paths = next(iter(extract_pairs(model, tokenizer, [pair], replace(config, layout="paths"))))

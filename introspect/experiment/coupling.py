@@ -479,6 +479,10 @@ class _Experiment:
         )
         model, tok = self.objects["m0"] if start is None else (None, None)
         kw = {} if model is None else {"model": model, "tokenizer": tok}
+        # M0's prompts are rendered as its labels were (a base model's as plain transcripts); a
+        # checkpoint's saved tokenizer carries the template it was trained with.
+        template = self.state.info(f"{task}/labels-m0").get("chat_template", "model")
+        kw["chat_template"] = template if start is None else "model"
         doc = train(tcfg, say=_StepClock(name, self.say), **kw)
         return {"steps": doc["step"], "layer": doc["layer"], "train_s": doc["wall_s"]}
 

@@ -103,3 +103,21 @@ def test_the_same_model_from_another_folder_has_the_same_fingerprint(tmp_path):
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "b")
     assert layout_fingerprint(a) == layout_fingerprint(b)
+
+
+def test_a_prompt_the_tokenizer_cannot_render_is_an_error_not_a_layout_problem(cache):
+    """Chat messages for a tokenizer without a chat template fail before any forward: that is
+    the input's fault, so it is raised, not remembered as the model's layout problem."""
+    from introspect.data.pairs import Pair
+    from introspect.engine.stream import check_tree_layout
+    from introspect.models import NoChatTemplateError
+
+    pair = Pair.from_json({
+        "id": "c", "prompt": [{"role": "user", "content": "hello world , I think paris"}],
+        "remove": ["I think"], "choices": [" city", " town"], "target": " city",
+    })  # fmt: skip
+    tok = tiny_tokenizer()
+    tok.chat_template = None
+    with pytest.raises(NoChatTemplateError):
+        check_tree_layout(tiny_llama(), tok, pair)
+    assert not cache.exists() or not list(cache.iterdir())
