@@ -12,11 +12,21 @@ verbal explainer, regulariser, 8 steps of 8 pairs on 64 generated sycophancy pai
 against the same command of a release (default 62984b7), built once without CUDA into
 ``build/bench-whole/release-<commit>/``. Rounds alternate the two.
 
+``preset``: the coupling experiment of a preset (``full``: ``make experiment-full``'s command;
+``quick``: ``make demo``'s) against the same command of the release, with this tree run on the
+release's conditions: no behavioural regulariser (``--w-reg 0``; the release had none), no
+no-explanation control (the release had none) and, for ``quick``, the release's 50% label-noise
+control, so that both run the same conditions at the same sizes.
+
     python benchmarks/bench_whole.py extract              # 256 pairs, 3 rounds
     python benchmarks/bench_whole.py train --rounds 2     # against release 62984b7
+    python benchmarks/bench_whole.py preset --preset quick --rounds 1  # make demo's; ~25 min here
+    python benchmarks/bench_whole.py preset --preset full --rounds 1   # 3+ hours here
+    python benchmarks/bench_whole.py preset --preset full --rounds 1 --release-stages 5
 
-Results: ``build/bench/whole_<which>.json`` (every round's seconds, medians, the ratio of the
-medians and the smallest per-round ratio).
+Results: ``build/bench/whole_<which>.json`` (``whole_preset_<preset>.json`` for ``preset``;
+every round's seconds, medians, the ratio of the medians and the smallest per-round ratio; for
+``preset``, each stage's seconds as well).
 """
 
 from __future__ import annotations
@@ -243,27 +253,128 @@ def bench_train(args) -> dict:
     return doc
 
 
+PRESET_ARGS = {
+    "full": ["--tasks", "sycophancy,refusal", "--label-model", "gemma3-270m", "--preset", "full"],
+    "quick": ["--tasks", "sycophancy", "--preset", "quick"],
+}
+# What this tree needs to run the release's conditions: its defaults since are w_reg 1, a
+# no-explanation control in the full preset, and no label-noise control in the quick one.
+RELEASE_CONDITIONS = {
+    "full": ["--w-reg", "0", "--no-explanation-control", "no"],
+    "quick": ["--w-reg", "0", "--noise-levels", "0.5"],
+}
+
+
+def bench_preset(args) -> dict:
+    WORK.mkdir(parents=True, exist_ok=True)
+    site = build_release(args.release)
+    base = [sys.executable, "-P", "-m", "introspect", "experiment", "coupling", "--model",
+            args.model, *PRESET_ARGS[args.preset], "--seed", "0", *args.sizes.split()]  # fmt: skip
+    variants = {}
+    release, tree = f"release {args.release}", "this tree"
+    for name, path, extra in ((release, str(site), []),
+                              (tree, _this_tree(), RELEASE_CONDITIONS[args.preset])):  # fmt: skip
+        out = WORK / f"preset-{args.preset}-{'release' if name == release else 'tree'}"
+        variants[name] = ([*base, *extra, "--out", str(out)], _env(path), out)
+    tag = f"preset-{args.preset}"
+    partial = None
+    if getattr(args, "release_stages", None):  # the release's first stages, then this tree
+        cmd, env, out = variants.pop(release)
+        shutil.rmtree(out, ignore_errors=True)
+        seconds = _timed_stages(cmd, env, WORK / f"{tag}-{release}-0.log", out,
+                                args.release_stages)  # fmt: skip
+        print(f"  {release}: its first {args.release_stages} stages in {seconds:.1f} s", flush=True)
+        partial = {"stages": args.release_stages, "seconds": seconds}
+    times = _rounds(variants, args.rounds, tag)
+    stages = {}
+    for name in (release, tree):  # each stage's seconds, from the last round
+        out = WORK / f"preset-{args.preset}-{'release' if name == release else 'tree'}"
+        state = json.loads((out / "state.json").read_text())
+        stages[name] = _stage_seconds(state)
+    if partial is None:
+        doc = _summary(times, release, tree)
+    else:
+        doc = {"seconds": times, "median_s": {tree: statistics.median(times[tree])},
+               "ratio_of_medians": None, "min_round_ratio": None}  # fmt: skip
+        doc["release_partial"] = partial
+    doc.update(release=args.release, model=args.model, preset=args.preset, stage_s=stages,
+               measured_command=" ".join(["introspect", *base[4:]]),
+               tree_extra_args=" ".join(RELEASE_CONDITIONS[args.preset]))  # fmt: skip
+    return doc
+
+
+def _timed_stages(cmd: list[str], env: dict, log: Path, out: Path, stages: int) -> float:
+    """Runs an experiment until its state.json lists ``stages`` completed stages, then stops it
+    (SIGTERM); the seconds it ran."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            try:
+                done = json.loads((out / "state.json").read_text()).get("completed", [])
+            except (OSError, ValueError):  # not written yet, or being written
+                done = []
+            if len(done) >= stages:
+                proc.terminate()
+                proc.wait()
+                break
+            time.sleep(1.0)
+    seconds = time.perf_counter() - t0
+    if proc.returncode not in (0, -15):
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
+    return seconds
+
+
+def _stage_seconds(state: dict) -> dict:
+    """{stage: seconds} from an experiment's state.json (either release's layout)."""
+    stages = state.get("stages", {})
+    if isinstance(stages, list):
+        stages = {s.get("name", str(i)): s for i, s in enumerate(stages)}
+    out = {}
+    for name, st in stages.items():
+        if isinstance(st, dict):
+            sec = st.get("seconds", st.get("wall_s"))
+            if isinstance(sec, int | float):
+                out[name] = round(float(sec), 1)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("which", choices=["extract", "train"])
+    ap.add_argument("which", choices=["extract", "train", "preset"])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=256, help="pairs (extract)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--release", default=RELEASE, help="the release to compare with (train)")
+    ap.add_argument("--release", default=RELEASE, help="the release to compare with")
+    ap.add_argument("--preset", choices=sorted(PRESET_ARGS), default="full", help="(preset)")
+    ap.add_argument(
+        "--release-stages",
+        type=int,
+        metavar="K",
+        help="(preset) run only the release's first K stages, then this tree whole: "
+        "the stages compared same-run where the release's whole run will not fit",
+    )
+    ap.add_argument(
+        "--sizes",
+        default="",
+        help="(preset) size flags for both, e.g. for a smoke "
+        "run: '--n-train 8 --n-held 8 --steps 2 --checkpoint-every 1 --n-boot 20'",
+    )
     harness.add_out_dir(ap)
     args = ap.parse_args(argv)
     out = harness.use_out_dir(args.out_dir)
     stamp = harness.machine_stamp()
     print(f"machine: {stamp['cpu']}, {stamp['cores']} cores", flush=True)
-    doc = bench_extract(args) if args.which == "extract" else bench_train(args)
+    doc = {"extract": bench_extract, "train": bench_train, "preset": bench_preset}[args.which](args)
     doc["meta"] = {**stamp, "command": "python benchmarks/bench_whole.py " + " ".join(
         argv if argv is not None else sys.argv[1:])}  # fmt: skip
-    names = list(doc["median_s"])
-    print(f"{args.which}: median {names[0]} {doc['median_s'][names[0]]:.1f} s, {names[1]} "
-          f"{doc['median_s'][names[1]]:.1f} s: {doc['ratio_of_medians']:.2f}x (smallest round "
-          f"{doc['min_round_ratio']:.2f}x)")  # fmt: skip
+    med = ", ".join(f"{k} {v:.1f} s" for k, v in doc["median_s"].items())
+    ratio = doc["ratio_of_medians"]
+    print(f"{args.which}: median {med}" + (f": {ratio:.2f}x (smallest round "
+          f"{doc['min_round_ratio']:.2f}x)" if ratio is not None else ""))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"whole_{args.which}.json"
+    name = f"preset_{args.preset}" if args.which == "preset" else args.which
+    path = out / f"whole_{name}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}")
     return 0

@@ -42,6 +42,8 @@ BENCH = {
     # bench_whole.py: whole processes against their baselines
     "whole_extract": [],
     "whole_train": [],
+    "whole_preset_full": [],
+    "whole_preset_quick": [],
     "extract_memory": [],
     "peers_bench": [],
     "scaling": ["scaling_n.png"],

@@ -415,6 +415,8 @@ def whole(src: Source, names: list[str]) -> str:
         rounds = len(d["seconds"][new])
         what = (f"`introspect extract`, {d['pairs']} text pairs" if "pairs" in d
                 else f"`{d['measured_command']}`")  # fmt: skip
+        if d.get("tree_extra_args"):  # this tree run on the release's conditions
+            what += f" (this tree with `{d['tree_extra_args']}`: the release's conditions)"
         rows.append([
             what, base, new, f"{d['median_s'][base]:.1f}", f"{d['median_s'][new]:.1f}",
             f"**{d['ratio_of_medians']:.2f}×**", f"{d['min_round_ratio']:.2f}×", str(rounds),
@@ -424,6 +426,50 @@ def whole(src: Source, names: list[str]) -> str:
             "speed-up", "smallest round", "rounds"]  # fmt: skip
     lines = [provenance(src, [n], m) for n, m in metas]
     return md_table(head, rows, "---rrrrr") + "\n\n" + "\n\n".join(lines)
+
+
+def stage_kind(stage: str) -> str:
+    """``sycophancy/train-noise-0.2`` -> ``train``: what a coupling experiment's stage does."""
+    return stage.rsplit("/", 1)[-1].split("-", 1)[0]
+
+
+def preset_stages(src: Source, names: list[str]) -> str:
+    """``bench_whole.py preset``: the coupling experiment's stages that both the release and this
+    tree ran (the last round of each), summed by kind of stage, and the whole processes."""
+    rows, metas = [], []
+    for name in names:
+        d = src.json(name)
+        base, new = list(d["stage_s"])
+        old, now = d["stage_s"][base], d["stage_s"][new]
+        both = [st for st in now if st in old]
+        kinds: dict[str, list[float]] = {}
+        for st in both:
+            k = kinds.setdefault(stage_kind(st), [0, 0.0, 0.0])
+            k[0] += 1
+            k[1] += old[st]
+            k[2] += now[st]
+        for k, (n, b, t) in kinds.items():
+            rows.append([d["preset"], k, str(n), f"{b:.1f}", f"{t:.1f}", _speedup(b, t)])
+        b, t = sum(old[st] for st in both), sum(now[st] for st in both)
+        rows.append([d["preset"], "**stages both ran**", str(len(both)), f"{b:.1f}", f"{t:.1f}",
+                     f"**{_speedup(b, t)}**"])  # fmt: skip
+        only = len(now) - len(both)
+        if only:
+            alone = sum(v for st, v in now.items() if st not in old)
+            rows.append([d["preset"], "stages this tree ran alone", str(only), "—",
+                         f"{alone:.1f}", "—"])  # fmt: skip
+        whole = {k: v[-1] for k, v in d["seconds"].items()}
+        b, t = whole.get(base), whole.get(new)
+        rows.append([d["preset"], "whole process", "", _f(b, ".1f"), _f(t, ".1f"),
+                     _speedup(b, t) if b else "—"])  # fmt: skip
+        metas.append((name, d["meta"]))
+    head = ["preset", "stages", "count", "release s", "this tree s", "speed-up"]
+    lines = [provenance(src, [n], m) for n, m in metas]
+    return md_table(head, rows, "--rrrr") + "\n\n" + "\n\n".join(lines)
+
+
+def _speedup(before: float, after: float) -> str:
+    return f"{before / after:.2f}×" if after >= 0.5 else "—"
 
 
 def profile(src: Source, names: list[str]) -> str:
@@ -462,7 +508,7 @@ def profile(src: Source, names: list[str]) -> str:
 RENDERERS: dict[str, Callable[[Source, list[str]], str]] = {
     f.__name__: f
     for f in (delta_probe, extract, extract_memory, kernels, peers, peers_ops, scaling, measure,
-              probe_control, probe_behaviour, suite, whole, profile)
+              probe_control, probe_behaviour, suite, whole, preset_stages, profile)
 }  # fmt: skip
 
 

@@ -105,3 +105,74 @@ def test_gemm_recorder_sees_every_product_of_the_forward():
         return sum(c * b * lq * lk * d for (b, lq, lk, d, _dt), c in attention.items())
 
     assert flops(per_trie.attention) < flops(rec.attention)  # the other tries' keys skipped
+
+
+@pytest.mark.parametrize("preset", sorted(bench_whole.PRESET_ARGS))
+def test_preset_runs_this_tree_on_the_releases_conditions(preset, tmp_path, monkeypatch):
+    from introspect.cli import build_parser
+    from introspect.experiment.commands import _config
+    from introspect.experiment.config import conditions_for
+
+    seen = {}
+
+    def fake_rounds(variants, rounds, tag):
+        for name, (cmd, env, out) in variants.items():
+            seen[name] = (cmd, env, out)
+            out.mkdir(parents=True)
+            stages = {"t/pairs": {"seconds": 0.5}, "t/train": {"seconds": 10.0, "n": 3}}
+            (out / "state.json").write_text(json.dumps({"stages": stages}))
+        return {name: [20.0 if "release" in name else 10.0] for name in variants}
+
+    monkeypatch.setattr(bench_whole, "WORK", tmp_path)
+    monkeypatch.setattr(bench_whole, "build_release", lambda commit: tmp_path / "site")
+    monkeypatch.setattr(bench_whole, "_rounds", fake_rounds)
+    args = bench_whole.argparse.Namespace(
+        model="smollm2-135m", preset=preset, release="62984b7", rounds=1, sizes="--steps 2"
+    )
+    doc = bench_whole.bench_preset(args)
+    release, tree = seen["release 62984b7"][0], seen["this tree"][0]
+    extra = bench_whole.RELEASE_CONDITIONS[preset]
+    assert tree[: len(release) - 2] == release[:-2] and release[-2] == "--out"
+    assert tree[len(release) - 2 : -2] == extra and "--w-reg" not in release
+    assert "--steps" in release and seen["release 62984b7"][1]["PYTHONPATH"].endswith("site")
+    assert doc["ratio_of_medians"] == 2.0 and doc["preset"] == preset == args.preset
+    assert doc["stage_s"]["this tree"] == {"t/pairs": 0.5, "t/train": 10.0}
+    # This tree's parser takes the command, and its conditions are the release's: no
+    # regulariser, no no-explanation control, and the quick preset's 50% label noise.
+    assert tree[3:5] == ["introspect", "experiment"]
+    assert doc["measured_command"].startswith("introspect experiment coupling --model")
+    ns = build_parser().parse_args(tree[4:])
+    assert ns.w_reg == 0 and ns.preset == preset
+    cfg = _config(ns)
+    assert cfg.w_reg == 0
+    names = {t: [c.name for c in conditions_for(cfg, t)] for t in cfg.tasks}
+    release_conditions = {  # the release's conditions_for on its presets
+        "full": {
+            t: ["concurrent", "frozen", "shuffled", "noise-0.2", "noise-0.5", "label-gemma3-270m"]
+            for t in ("sycophancy", "refusal")
+        },
+        "quick": {"sycophancy": ["concurrent", "frozen", "shuffled", "noise-0.5"]},
+    }
+    assert names == release_conditions[preset]
+
+
+def test_release_stages_stop_the_run_after_its_first_stages(tmp_path):
+    script = (
+        "import json, sys, time\n"
+        "from pathlib import Path\n"
+        "out = Path(sys.argv[1]); out.mkdir()\n"
+        "for i in range(1, 100):\n"
+        "    doc = {'completed': [f's{j}' for j in range(i)]}\n"
+        "    (out / 'state.json').write_text(json.dumps(doc))\n"
+        "    time.sleep(0.2)\n"
+    )
+    out = tmp_path / "exp"
+    seconds = bench_whole._timed_stages(
+        [sys.executable, "-c", script, str(out)], None, tmp_path / "log", out, 3
+    )
+    done = json.loads((out / "state.json").read_text())["completed"]
+    assert 3 <= len(done) <= 5 and 0 < seconds < 15  # stopped, not run to its 99 stages
+    with pytest.raises(SystemExit, match="exit 3"):
+        bench_whole._timed_stages(
+            [sys.executable, "-c", "raise SystemExit(3)"], None, tmp_path / "l2", out, 50
+        )

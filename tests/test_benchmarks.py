@@ -175,6 +175,54 @@ def test_tables_rewrite_a_stale_block_and_refuse_bad_markers(tmp_path, monkeypat
                       tmp_path / "results", tmp_path)  # fmt: skip
 
 
+def test_preset_stage_table_sums_the_stages_both_ran(tmp_path):
+    base, new = "release 62984b7", "this tree"
+    doc = {
+        "seconds": {base: [100.0], new: [40.0]},
+        "median_s": {base: 100.0, new: 40.0},
+        "preset": "full",
+        "stage_s": {
+            base: {
+                "a/pairs": 0.1,
+                "a/train-concurrent": 30.0,
+                "a/train-noise-0.2": 20.0,
+                "a/eval-concurrent": 10.0,
+                "report": 0.2,
+            },
+            new: {
+                "a/pairs": 0.1,
+                "a/train-concurrent": 10.0,
+                "a/train-noise-0.2": 15.0,
+                "a/eval-concurrent": 4.0,
+                "a/labels-m0": 3.0,
+                "report": 0.2,
+            },
+        },
+        "meta": {"command": "cmd", "time_utc": "2026-01-02T03:04:05+00:00", "cpu": "c"},
+    }
+    (tmp_path / "wp.json").write_text(json.dumps(doc))
+
+    def rows():
+        out = tables.preset_stages(tables.Source(tmp_path, tmp_path), ["wp"])
+        return {ln.split(" | ")[1]: ln for ln in out.splitlines() if ln.startswith("| full")}
+
+    got = rows()
+    assert got["train"] == "| full | train | 2 | 50.0 | 25.0 | 2.00× |"
+    assert got["eval"] == "| full | eval | 1 | 10.0 | 4.0 | 2.50× |"
+    assert got["pairs"].endswith("| 0.1 | 0.1 | — |")  # too short to compare
+    assert got["**stages both ran**"].endswith("| 5 | 60.3 | 29.3 | **2.06×** |")
+    assert got["stages this tree ran alone"].endswith("| 1 | — | 3.0 | — |")
+    assert got["whole process"].endswith("| 100.0 | 40.0 | 2.50× |")
+    # The release stopped after its first stages: the stages compared are those it ran.
+    doc["stage_s"][base] = {"a/pairs": 0.1, "a/train-concurrent": 30.0}
+    doc["seconds"], doc["median_s"] = {new: [40.0]}, {new: 40.0}
+    (tmp_path / "wp.json").write_text(json.dumps(doc))
+    got = rows()
+    assert got["**stages both ran**"].endswith("| 2 | 30.1 | 10.1 | **2.98×** |")
+    assert got["whole process"] == "| full | whole process |  | — | 40.0 | — |"
+    assert tables.stage_kind("refusal/eval-label-gemma3-270m") == "eval"
+
+
 def test_table_cells_escape_pipes():
     out = tables.md_table(["a |x|", "b"], [["max|d| 1", "\\|ok\\|"]], "-r")
     assert out.splitlines() == ["| a \\|x\\| | b |", "|---|---:|", "| max\\|d\\| 1 | \\|ok\\| |"]
