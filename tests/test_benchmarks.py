@@ -142,6 +142,22 @@ def test_readme_speed_headline_is_the_committed_one():
     assert "benchmarks/results/delta_probe.png" in text
 
 
+def test_readme_whole_process_figures_are_the_committed_ones():
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    for name, phrase in [("whole_train", "runs {}× faster than the same command of release"),
+                         ("whole_extract", "on 256 text pairs {}× faster"),
+                         ("whole_preset_quick", "quick preset runs {}× faster")]:  # fmt: skip
+        ratio = json.loads((harness.PUBLISHED / f"{name}.json").read_text())["ratio_of_medians"]
+        assert phrase.format(f"{ratio:.2f}") in text, name
+    # The full preset: the stages both the release and this tree ran (the release's first few).
+    doc = json.loads((harness.PUBLISHED / "whole_preset_full.json").read_text())
+    old, now = doc["stage_s"]["release 62984b7"], doc["stage_s"]["this tree"]
+    both = [st for st in now if st in old]
+    ratio = sum(old[st] for st in both) / sum(now[st] for st in both)
+    assert f"the full preset's first {len(both)} stages" in text
+    assert f"({ratio:.2f}×)" in text
+
+
 def _delta_probe_rows(speedup: float) -> list[dict]:
     return [{"N": 8, "D": 4, "P": 1, "dtype": "float32", "backend": "cpp", "reference_ms": 2.0,
              "fused_ms": 1.0, "speedup": speedup, "fused_GBps": 3.0, "fraction_of_read_bw": 0.5,
