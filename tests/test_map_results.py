@@ -5,6 +5,8 @@ map from its runs' committed predictions, and the docs' tables from those."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,17 @@ def test_stage0_rows_are_recomputed_from_the_committed_values(smollm2):
     assert recompute_rows(STAGE0, smollm2.tokenizer) == doc["tasks"]
 
 
+def test_the_committed_map_stays_small():
+    # The whole map, every sweep's runs and figures, is at most 5 MB as tracked.
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", str(RESULTS)],
+                         capture_output=True, check=False)  # fmt: skip
+    if out.returncode != 0:  # pragma: no cover - a copy without git
+        pytest.skip("not a git checkout")
+    files = [ROOT / f for f in out.stdout.decode().split("\0") if f]
+    assert files, "no tracked map results"
+    assert sum(f.stat().st_size for f in files if f.exists()) <= 5_000_000
+
+
 def test_every_published_sweep_is_in_a_map():
     pooled = {p for m in MAPS for p in _sources(json.loads((m / "map" / "map.json").read_text()))}
     assert {p.parent for p in RESULTS.glob("*/sweep.json")} <= pooled
@@ -87,3 +100,64 @@ def test_the_docs_endpoint_tables_are_the_committed_maps(sweep):
     rel = sweep.relative_to(ROOT).as_posix()
     table = [ln for ln in endpoint_lines(committed) if ln.startswith("|")]
     assert table and _block(f"map-endpoints: {rel}") == table
+
+
+_NUM = r"[+\-−]?\d+\.\d+"
+_INTERVAL = re.compile(rf"({_NUM}) \[({_NUM}), ({_NUM})\]")
+
+
+def _committed_intervals() -> list[tuple[float, float, float]]:
+    """Every (value, lo, hi) of every committed map's cells, nulls and endpoints."""
+    found: list[tuple[float, float, float]] = []
+
+    def walk(o):
+        if isinstance(o, dict):
+            if {"value", "lo", "hi"} <= o.keys() and o["value"] is not None:
+                found.append((o["value"], o["lo"], o["hi"]))
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+
+    for m in MAPS:
+        doc = json.loads((m / "map" / "map.json").read_text())
+        walk([doc["cells"], doc["null"], doc["endpoints"]])
+    return found
+
+
+def _printed(text: str) -> list[tuple[str, tuple[str, str, str]]]:
+    return [(m.group(0), m.groups()) for m in _INTERVAL.finditer(text)]
+
+
+def _matches(printed: tuple[str, str, str], committed: tuple[float, float, float]) -> bool:
+    """Whether each printed number is the committed one at the decimals printed."""
+    for s, v in zip(printed, committed, strict=True):
+        places = len(s.split(".")[1])
+        if round(float(s.replace("−", "-")), places) != round(v, places):
+            return False
+    return True
+
+
+@pytest.mark.skipif(not MAPS, reason="no committed map")
+def test_the_intervals_in_the_prose_are_committed_ones():
+    # The README's paragraph on the map and the doc page's prose (outside the generated
+    # tables, which the tests above check whole) cite intervals: each is a committed one.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "**The coupling map**" in readme
+    headline = readme.split("**The coupling map**", 1)[1].split("![", 1)[0]
+    prose = re.sub(r"<!-- ([\w-]+):.*?<!-- /\1 -->", "", DOC.read_text(encoding="utf-8"),
+                   flags=re.S)  # fmt: skip
+    committed = _committed_intervals()
+    cited = _printed(headline) + _printed(prose)
+    assert len(cited) >= 10
+    missing = [s for s, p in cited if not any(_matches(p, c) for c in committed)]
+    assert not missing, f"intervals in the prose that no committed map holds: {missing}"
+
+
+def test_an_interval_is_matched_at_the_decimals_printed():
+    ((s, p),) = _printed("gap −0.39 [−0.67, −0.12] there")
+    assert s == "−0.39 [−0.67, −0.12]"
+    assert _matches(p, (-0.3948, -0.6653, -0.1249))
+    assert not _matches(("−0.40", "−0.67", "−0.12"), (-0.3948, -0.6653, -0.1249))
+    assert not _matches(p, (-0.3948, -0.6653, -0.1349))

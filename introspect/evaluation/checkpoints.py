@@ -124,6 +124,11 @@ def _propensity(pairs, answers: list[str], delta: np.ndarray) -> np.ndarray:
     return -sign * np.asarray(delta, dtype=np.float64)
 
 
+def _same_model(a: Any, b: Any) -> bool:
+    """Whether two evaluation points run the same model (one object, or one path)."""
+    return a is b or (isinstance(a, str) and a == b)
+
+
 class _Evaluation:
     """One evaluation (see :func:`evaluate_training`), step by step."""
 
@@ -385,12 +390,14 @@ class _Evaluation:
         verbal_steps = {s for s, _ in self.checkpoints} if self.verbal_doc is not None else set()
         records, behaviour, timings = [], [], []
         cached: tuple[Any, Measured] | None = None
-        for step, model, explainers in plan:
+        for i, (step, model, explainers) in enumerate(plan):
             t0 = time.perf_counter()
             wants_verbal = step in verbal_steps
-            same = cached is not None and (cached[0] is model or cached[0] == model)
-            if not same or (wants_verbal and cached[1].verbal is None):
-                cached = (model, self.measure(model, wants_verbal))
+            if cached is None or not _same_model(cached[0], model):
+                # A model that does not train is measured once, with the verbal answers when any
+                # of its points asks for them (a frozen run's step 0 does not; its checkpoints do).
+                later = any(s in verbal_steps and _same_model(m, model) for s, m, _ in plan[i:])
+                cached = (model, self.measure(model, wants_verbal or later))
             got = cached[1]
             records.extend(self.score(step, got, explainers, step in verbal_steps))
             behaviour.append(self.behaviour_row(step, model, got))

@@ -452,6 +452,37 @@ def test_verbal_explainer_trains_in_the_model_and_is_scored_per_checkpoint(ws, t
             assert got == pytest.approx(score["toward"] - score["away"], abs=1e-4)
 
 
+def test_a_frozen_model_is_measured_once_with_its_verbal_answers(ws, tmp_path, monkeypatch):
+    # The frozen control with its untrained verbal explainer: step 0 and both checkpoints run
+    # the same model, so one measurement, verbal answers included, serves them all; the
+    # records are those of an evaluation that measures at the first checkpoint alone.
+    from introspect.evaluation import checkpoints as ev
+
+    run = tmp_path / "frozen"
+    train(_cfg(ws, run, steps=4, checkpoint_every=2, verbal=True, w_verbal=0.0), say=print)
+    calls, measure = [], ev._Evaluation.measure
+
+    def counted(self, model, with_verbal):
+        calls.append(with_verbal)
+        return measure(self, model, with_verbal)
+
+    monkeypatch.setattr(ev._Evaluation, "measure", counted)
+
+    def evaluate(out, include_start):
+        ev.evaluate_training(run, ws / "held.jsonl", ws / "m0-held", tmp_path / out,
+                             n_boot=50, include_start=include_start, plots=False,
+                             say=lambda _m: None)  # fmt: skip
+        return read_jsonl(tmp_path / out / "predictions.jsonl")
+
+    whole = evaluate("whole", True)
+    assert calls == [True]
+    later = evaluate("later", False)
+    assert calls == [True, True]
+    assert [r for r in whole if r["checkpoint"] > 0] == later
+    assert {r["explainer"] for r in whole if r["checkpoint"] == 0} == {"ridge-m0"}
+    assert {r["explainer"] for r in later} >= {"verbal", "verbal-score", "probe"}
+
+
 def test_verbal_explainer_needs_a_training_model(ws, tmp_path):
     with pytest.raises(TrainError, match="verbal explainer is the model itself"):
         _cfg(ws, tmp_path / "x", verbal=True)
