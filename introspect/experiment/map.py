@@ -359,7 +359,9 @@ def _endpoint_verdict(row: dict[str, Any], opts: MapOptions) -> str:
     null = row["null"]
     if not row["n_points"] or row["p_holm"] is None:
         return "no data"
-    if null and null["enough"]:
+    # A control that finds signal withholds the verdict however few its runs; their number
+    # (``null_min_runs``) decides only whether a band is drawn.
+    if null:
         s = null["self"]
         if s["lo"] is None or s["hi"] is None or not s["lo"] <= 0.0 <= s["hi"]:
             return "withheld: control failed"

@@ -274,6 +274,28 @@ def test_map_on_synthetic_runs(synthetic_runs, tmp_path, monkeypatch):
     assert "**supported**" in md and "![figures/gap_vs_rho-sycophancy-probe.png]" in md
 
 
+@pytest.mark.parametrize(
+    ("null", "verdict"),
+    [
+        (None, "supported"),
+        ({"n_runs": 1, "self": {"lo": -0.4, "hi": -0.1}}, "withheld: control failed"),
+        ({"n_runs": 5, "self": {"lo": 0.02, "hi": 0.3}}, "withheld: control failed"),
+        ({"n_runs": 1, "self": {"lo": -0.4, "hi": 0.1}}, "supported"),
+        ({"n_runs": 2, "self": {"lo": None, "hi": None}}, "withheld: control failed"),
+    ],
+)
+def test_a_failed_control_withholds_however_few_its_runs(null, verdict):
+    from introspect.experiment.map import MapOptions, _endpoint_verdict
+
+    if null is not None:
+        null["enough"] = null["n_runs"] >= 3
+    row = {"n_points": 4, "p_holm": 0.01, "null": null}
+    assert _endpoint_verdict(row, MapOptions()) == verdict
+    assert _endpoint_verdict({**row, "p_holm": 0.2}, MapOptions()).startswith(
+        "withheld" if verdict.startswith("withheld") else "not supported"
+    )
+
+
 def test_map_is_deterministic_and_flags_stale_metrics(synthetic_runs):
     from introspect.experiment.map import MapOptions, cells, load_runs
 
