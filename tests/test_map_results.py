@@ -175,3 +175,18 @@ def test_what_held_counts_the_committed_endpoints():
     withheld = [e for e in ends if e["verdict"].startswith("withheld")]
     assert all(e["explainer"] == "verbal-score" for e in withheld)
     assert re.search(rf"{len(withheld)} verbal-score verdicts are\s+withheld", text)
+
+
+@pytest.mark.parametrize("spec", sorted(RESULTS.glob("*.toml")), ids=lambda p: p.name)
+def test_a_committed_spec_is_the_one_its_published_runs_were_made_from(spec):
+    # Every spec beside the results parses and expands into its runs; where its sweep is
+    # published, the spec recorded with the runs is this file's, run for run.
+    from introspect.experiment.spec import load_spec, parse_spec
+
+    mine = load_spec(spec)
+    assert mine.runs()
+    recorded = RESULTS / spec.stem / "sweep.json"
+    if recorded.is_file():
+        doc = json.loads(recorded.read_text())
+        assert parse_spec(doc["spec"], source=str(recorded)).to_json() == mine.to_json()
+        assert sorted(doc["runs"]) == sorted(r.name for r in mine.runs())
