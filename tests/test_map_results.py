@@ -190,3 +190,22 @@ def test_a_committed_spec_is_the_one_its_published_runs_were_made_from(spec):
         doc = json.loads(recorded.read_text())
         assert parse_spec(doc["spec"], source=str(recorded)).to_json() == mine.to_json()
         assert sorted(doc["runs"]) == sorted(r.name for r in mine.runs())
+
+
+def test_the_docs_commands_run_every_spec_and_make_every_map():
+    # The doc page's commands to run the map again: every spec that has published runs is swept,
+    # and every committed map is made from the same sweeps as its committed runs.
+    block = "\n".join(_block("map-commands"))
+    swept = set(re.findall(r"for s in ([^;]+); do", " ".join(block.replace("\\", " ").split())))
+    assert len(swept) == 1, "the sweep loop is missing"
+    names = set(swept.pop().split())
+    assert names == {p.parent.name for p in RESULTS.glob("*/sweep.json")}
+    assert all((RESULTS / f"{n}.toml").is_file() for n in names)
+    made = {}
+    for line in " ".join(block.replace("\\", " ").split()).split("introspect experiment map ")[1:]:
+        args = line.split(" introspect ")[0].split()
+        out = args[args.index("--out") + 1]
+        made[Path(out).parent.name] = sorted(Path(a).name for a in args[: args.index("--out")])
+    for m in MAPS:
+        committed = json.loads((m / "map" / "map.json").read_text())
+        assert made.get(m.name) == sorted(p.name for p in _sources(committed)), m.name
